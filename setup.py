@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="streamrec",
+    version="0.1.0",
+    description="Record live video sources (RTSP, HLS, RTMP, SRT, HTTP, UDP) and cut MP4 clips over a JSON HTTP API",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["streamrec", "streamrec.*"]) + ["twisted.plugins"],
+    package_data={
+        "streamrec.store": ["schema/*/*.sql"],
+        "twisted": ["plugins/streamrec_plugin.py"],
+    },
+    install_requires=[
+        "twisted>=23.10",
+        "klein>=23.5",
+        "treq>=23.11",
+        "av>=12",
+        "pluggy>=1.3",
+        "imageio-ffmpeg>=0.5",
+    ],
+    extras_require={
+        "postgresql": ["txpostgres>=1.7", "psycopg2-binary>=2.9"],
+        "test": ["ruff"],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Video",
+    ],
+)

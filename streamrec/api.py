@@ -1,0 +1,201 @@
+"""The HTTP API: routes only. Parse the request, call the domain, answer JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import ErrorPage, IResource
+
+from .core import (
+    AlreadyStarted,
+    BadRequest,
+    CannotStart,
+    CannotStop,
+    NotStarted,
+    StreamNotFound,
+    Streams,
+)
+from .sources import InvalidSource
+
+log = Logger(namespace="streamrec.api")
+
+MAX_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    """An answer other than 200: status, message and optional extra fields."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def json_response(request: IRequest, body: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body).encode("utf-8")
+
+
+def read_params(request: IRequest) -> dict[str, str]:
+    """Parameters from the query string, a form body or a JSON object body."""
+    params: dict[str, str] = {}
+    for key, values in (request.args or {}).items():
+        if values:
+            params[key.decode("utf-8", "replace")] = values[-1].decode("utf-8", "replace")
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type == b"application/json" and request.content is not None:
+        request.content.seek(0)
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, "Request body is too large")
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise ApiError(400, "Request body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "Request body must be a JSON object")
+            for key, value in body.items():
+                if value is None:
+                    continue
+                params[key] = value if isinstance(value, str) else json.dumps(value)
+    return params
+
+
+def parse_time(params: dict[str, str], name: str, required: bool) -> float | None:
+    raw = params.get(name, "").strip()
+    if not raw:
+        if required:
+            raise ApiError(400, f"Parameter '{name}' is required (a POSIX timestamp)")
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ApiError(400, f"Parameter '{name}' must be a POSIX timestamp, got {raw!r}") from None
+
+
+def parse_id(stream_id: str) -> int:
+    if not stream_id.isdigit() or len(stream_id) > 18:
+        raise ApiError(404, "Stream not found")
+    return int(stream_id)
+
+
+CLIP_PARAMS = ("start", "stop", "encoder")
+
+
+class StreamrecAPI:
+    """The seed's API over a :class:`Streams` domain object."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        streams: Streams,
+        clip_files: Callable[[], IResource | None],
+        plugins: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.streams = streams
+        self.clip_files = clip_files
+        self.plugins = plugins
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    @app.handle_errors(ApiError)
+    def api_error(self, request: IRequest, failure: Any) -> bytes:
+        error = failure.value
+        return json_response(request, {"error_message": error.message, **error.extra}, error.status)
+
+    @app.handle_errors
+    def unexpected(self, request: IRequest, failure: Any) -> bytes:
+        log.failure("unexpected error answering {uri}", failure, uri=request.uri)
+        return json_response(request, {"error_message": "Internal error"}, 500)
+
+    @app.route("/streams", methods=["GET"])
+    @app.route("/streams/", methods=["GET"])
+    async def list_streams(self, request: IRequest) -> bytes:
+        return json_response(request, {"result": await self.streams.list()})
+
+    @app.route("/streams/create", methods=["GET", "POST"])
+    async def create(self, request: IRequest) -> bytes:
+        params = read_params(request)
+        url = params.get("url", "").strip()
+        if not url:
+            raise ApiError(500, "URL cannot be empty")
+        try:
+            stream_id = await self.streams.create(url, params.get("description", ""))
+        except InvalidSource as error:
+            raise ApiError(400, f"Invalid URL: {error}") from None
+        return json_response(request, {"stream_id": stream_id})
+
+    @app.route("/streams/<stream_id>/start", methods=["GET", "POST"])
+    async def start(self, request: IRequest, stream_id: str) -> bytes:
+        try:
+            await self.streams.start(parse_id(stream_id))
+        except StreamNotFound:
+            raise ApiError(404, "Stream not found") from None
+        except AlreadyStarted:
+            raise ApiError(500, "Stream already started") from None
+        except CannotStart as error:
+            raise ApiError(500, "Cannot start stream", reason=error.reason) from None
+        return json_response(request, {"result": "ok"})
+
+    @app.route("/streams/<stream_id>/stop", methods=["GET", "POST"])
+    async def stop(self, request: IRequest, stream_id: str) -> bytes:
+        try:
+            await self.streams.stop(parse_id(stream_id))
+        except StreamNotFound:
+            raise ApiError(404, "Stream not found") from None
+        except NotStarted:
+            raise ApiError(500, "Stream not started") from None
+        except CannotStop as error:
+            raise ApiError(500, "Cannot stop stream", reason=str(error)) from None
+        return json_response(request, {"result": "ok"})
+
+    @app.route("/streams/<stream_id>/status", methods=["GET"])
+    async def status(self, request: IRequest, stream_id: str) -> bytes:
+        try:
+            status = await self.streams.status(parse_id(stream_id))
+        except StreamNotFound:
+            raise ApiError(404, "Stream not found") from None
+        except Exception:
+            log.failure("cannot get the status of stream {stream_id}", stream_id=stream_id)
+            raise ApiError(500, "Cannot get stream status") from None
+        return json_response(request, status)
+
+    @app.route("/streams/<stream_id>/get_clip", methods=["GET", "POST"])
+    async def get_clip(self, request: IRequest, stream_id: str) -> bytes:
+        params = read_params(request)
+        sid = parse_id(stream_id)
+        start = parse_time(params, "start", required=True)
+        stop = parse_time(params, "stop", required=False)
+        options = {k: v for k, v in params.items() if k not in CLIP_PARAMS}
+        try:
+            job = await self.streams.get_clip(
+                sid, start, stop, params.get("encoder") or None, options
+            )
+        except StreamNotFound:
+            raise ApiError(404, "Stream not found") from None
+        except NotStarted:
+            raise ApiError(500, "Stream not started") from None
+        except BadRequest as error:
+            raise ApiError(400, str(error)) from None
+        return json_response(request, job)
+
+    @app.route("/plugins", methods=["GET"])
+    def plugins(self, request: IRequest) -> bytes:
+        return json_response(request, self.plugins())
+
+    @app.route("/clips/", branch=True)
+    def clips(self, request: IRequest) -> IResource:
+        files = self.clip_files()
+        if files is None:
+            return ErrorPage(404, "Not Found", "Clips are not served here.")
+        return files

@@ -1,0 +1,257 @@
+"""The domain: streams, their recorders and clip requests. No HTTP here."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .recorder.supervisor import RECORDING, CannotStart, Recorder
+from .sources import validate_source_url
+from .store import JOB_DONE, ClipJob, SqlStore, Stream
+from .clips.worker import clip_json
+
+log = Logger(namespace="streamrec.core")
+
+
+class StreamNotFound(LookupError):
+    pass
+
+
+class AlreadyStarted(Exception):
+    pass
+
+
+class NotStarted(Exception):
+    pass
+
+
+class CannotStop(Exception):
+    pass
+
+
+class BadRequest(ValueError):
+    """A parameter is missing or wrong; the message says which and why."""
+
+
+class UnknownEncoder(BadRequest):
+    pass
+
+
+class Streams:
+    """Streams and what is done with them, as the API offers it."""
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        store: SqlStore,
+        make_recorder: Callable[[Stream, "Streams"], Recorder],
+        notify: Callable[..., None],
+        encoders: Callable[[], dict[str, Any]],
+        default_encoder: str,
+        max_clip_seconds: float,
+        wake_worker: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.make_recorder = make_recorder
+        self.notify = notify
+        self.encoders = encoders
+        self.default_encoder = default_encoder
+        self.max_clip_seconds = max_clip_seconds
+        self.wake_worker = wake_worker
+        self.recorders: dict[int, Recorder] = {}
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    async def _stream(self, stream_id: int) -> Stream:
+        stream = await self.store.get_stream(stream_id)
+        if stream is None:
+            raise StreamNotFound(stream_id)
+        return stream
+
+    def _recorder(self, stream: Stream) -> Recorder:
+        recorder = self.recorders.get(stream.id)
+        if recorder is None:
+            recorder = self.recorders[stream.id] = self.make_recorder(stream, self)
+        return recorder
+
+    def is_recording(self, stream_id: int) -> bool:
+        recorder = self.recorders.get(stream_id)
+        return recorder is not None and recorder.wanted
+
+    # -- recorder listener ---------------------------------------------------
+    def segment_closed(
+        self, stream_id: int, segment_id: int, path: str, start: float, end: float
+    ) -> None:
+        self.wake_worker()
+        self.notify(
+            "segment_closed",
+            stream_id=stream_id,
+            segment_id=segment_id,
+            path=path,
+            start=start,
+            end=end,
+        )
+
+    def state_changed(self, stream_id: int, state: str, error: str | None) -> None:
+        if error is not None:
+            d = defer.ensureDeferred(self.store.set_last_error(stream_id, error))
+            d.addErrback(lambda f: log.failure("cannot record the last error", f))
+        self.notify("stream_state_changed", stream_id=stream_id, state=state, error=error)
+
+    # -- the API's calls --------------------------------------------------------
+    async def create(self, url: str, description: str) -> int:
+        validate_source_url(url)
+        return await self.store.create_stream(url, description, self.now())
+
+    async def list(self) -> list[dict[str, Any]]:
+        return [await self._status(stream) for stream in await self.store.list_streams()]
+
+    async def status(self, stream_id: int) -> dict[str, Any]:
+        return await self._status(await self._stream(stream_id))
+
+    async def _status(self, stream: Stream) -> dict[str, Any]:
+        totals = await self.store.totals(stream.id)
+        recorder = self.recorders.get(stream.id)
+        live = recorder.status() if recorder is not None else {}
+        return {
+            "id": stream.id,
+            "url": stream.url,
+            "description": stream.description,
+            "create_date": stream.create_date,
+            "start_date": stream.start_date,
+            "stop_date": stream.stop_date,
+            "started": stream.wanted,
+            "state": live.get("state", "stopped"),
+            "last_error": live.get("last_error") or stream.last_error,
+            "reconnects": live.get("reconnects", 0),
+            "last_segment_at": totals.last,
+            "recorded": {
+                "segments": totals.segments,
+                "seconds": round(totals.seconds, 3),
+                "bytes": totals.bytes,
+                "first": totals.first,
+                "last": totals.last,
+            },
+        }
+
+    async def start(self, stream_id: int) -> None:
+        stream = await self._stream(stream_id)
+        recorder = self._recorder(stream)
+        if stream.wanted or recorder.wanted:
+            raise AlreadyStarted(stream_id)
+        requested = self.now()
+        await recorder.start()  # raises CannotStart
+        await self.store.mark_started(stream_id, requested)
+        self.notify("stream_started", stream_id=stream_id, url=stream.url)
+
+    async def stop(self, stream_id: int) -> None:
+        stream = await self._stream(stream_id)
+        recorder = self.recorders.get(stream_id)
+        if not stream.wanted and (recorder is None or not recorder.wanted):
+            raise NotStarted(stream_id)
+        await self.store.mark_stopped(stream_id, self.now())
+        if recorder is not None:
+            try:
+                await recorder.stop()
+            except Exception as failure:
+                log.failure("stream {stream_id}: stop failed", stream_id=stream_id)
+                raise CannotStop(str(failure)) from failure
+        self.wake_worker()
+        self.notify("stream_stopped", stream_id=stream_id)
+
+    async def get_clip(
+        self,
+        stream_id: int,
+        start: float,
+        stop: float | None,
+        encoder: str | None,
+        options: dict[str, str],
+    ) -> dict[str, Any]:
+        stream = await self._stream(stream_id)
+        if stream.start_date is None:
+            raise NotStarted(stream_id)
+        check_time("start", start)
+        if stop is not None:
+            check_time("stop", stop)
+            if stop <= start:
+                raise BadRequest("stop must be later than start")
+        encoder = encoder or self.default_encoder
+        known = self.encoders()
+        if encoder not in known:
+            raise UnknownEncoder(
+                f"unknown encoder {encoder!r}: known encoders are {', '.join(sorted(known))}"
+            )
+        # Only the parameters the encoder takes are part of the job's identity.
+        accepted = getattr(known[encoder], "options", ())
+        options = {key: value for key, value in options.items() if key in accepted}
+        now = self.now()
+        recording = self.is_recording(stream_id) or stream.wanted
+        default_stop = now if recording else (stream.stop_date or now)
+        if stop is None and default_stop <= start:
+            raise BadRequest("start must be earlier than the end of the recording")
+        end = stop if stop is not None else default_stop
+        if end - start > self.max_clip_seconds:
+            raise BadRequest(
+                f"the range is {end - start:.0f} s long; at most {self.max_clip_seconds:g} s"
+                " can be asked for at once"
+            )
+        job, created = await self.store.find_or_create_job(
+            stream_id, start, stop, default_stop, encoder, options, now
+        )
+        if created:
+            self.wake_worker()
+        return job_json(job)
+
+    # -- service life -------------------------------------------------------
+    async def resume_all(self) -> None:
+        """Start recording again every stream that was started before."""
+        for stream in await self.store.list_streams():
+            if stream.wanted:
+                log.info("stream {stream_id}: resuming recording", stream_id=stream.id)
+                self._recorder(stream).resume()
+                self.notify("stream_started", stream_id=stream.id, url=stream.url)
+
+    async def shutdown(self) -> None:
+        """Stop every recorder gracefully; the wanted state stays for the restart."""
+        await defer.DeferredList(
+            [defer.ensureDeferred(r.stop()) for r in self.recorders.values() if r.wanted],
+            consumeErrors=True,
+        )
+
+
+def check_time(name: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0 or value > 1e11:
+        raise BadRequest(f"{name} must be a POSIX timestamp in seconds")
+
+
+def job_json(job: ClipJob) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "status": job.status,
+        "clips": [clip_json(clip) for clip in job.clips] if job.status == JOB_DONE else [],
+        "job_id": job.id,
+        "start": job.start,
+        "stop": job.stop,
+        "encoder": job.encoder,
+        "progress": 1.0 if job.status == JOB_DONE else round(job.progress, 3),
+    }
+    if job.error_message:
+        answer["error_message"] = job.error_message
+    return answer
+
+
+__all__ = [
+    "AlreadyStarted",
+    "BadRequest",
+    "CannotStart",
+    "CannotStop",
+    "NotStarted",
+    "RECORDING",
+    "StreamNotFound",
+    "Streams",
+]

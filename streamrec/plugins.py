@@ -1,0 +1,97 @@
+"""The plugin manager: built-in plugins first, then installed ones."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+import pluggy
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+
+from . import hookspecs
+from .clips.mp4 import ClipResult, SegmentPiece
+
+log = Logger(namespace="streamrec.plugins")
+
+DEFAULT_PLUGINS = (
+    "streamrec.builtin.local_storage",
+    "streamrec.builtin.fast_encoder",
+)
+
+ENTRY_POINT_GROUP = "streamrec"
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What a backend or encoder factory gets to build itself."""
+
+    reactor: Any
+    data_dir: str
+    public_url: str
+    ffmpeg: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EncodeRequest:
+    """One clip to build: one continuous span of one recording run."""
+
+    pieces: Sequence[SegmentPiece]
+    start: float
+    stop: float
+    out_path: str
+    options: dict[str, str]
+    progress: Callable[[float], None]
+
+
+class StorageBackend(Protocol):
+    async def store_clip(self, local_path: str, key: str) -> str: ...
+
+    async def delete_clip(self, key: str) -> None: ...
+
+    def resource(self) -> IResource | None: ...
+
+
+class ClipEncoder(Protocol):
+    def encode(self, request: EncodeRequest) -> Awaitable[ClipResult]: ...
+
+
+def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with the built-ins and, if asked, installed plugins."""
+    pm = pluggy.PluginManager("streamrec")
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if load_entrypoints:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    pm.check_pending()
+    return pm
+
+
+def collect(hook: Any) -> dict[str, Callable[..., Any]]:
+    """Call a ``register_*`` hook and return the registered factories by name."""
+    found: dict[str, Callable[..., Any]] = {}
+
+    def register(name: str, factory: Callable[..., Any]) -> None:
+        found.setdefault(name, factory)  # installed plugins are called first: they win
+
+    hook(register=register)
+    return found
+
+
+def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
+    """Call a lifecycle hook; a plugin's failure is logged, never raised."""
+    hook = getattr(pm.hook, hook_name)
+    for impl in hook.get_hookimpls():
+        try:
+            impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+        except Exception:
+            log.failure(
+                "plugin {plugin} failed in {hook}", plugin=impl.plugin_name, hook=hook_name
+            )
+
+
+def plugin_names(pm: pluggy.PluginManager) -> list[str]:
+    return sorted(name for name, _ in pm.list_name_plugin() if name)

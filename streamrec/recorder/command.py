@@ -1,0 +1,82 @@
+"""The ffmpeg command line of a segmenter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..sources import input_options
+
+SEGMENT_PATTERN = "seg%06d.mp4"
+PROGRESS_FD = 3
+
+# Fragmented MP4: a killed ffmpeg keeps every flushed fragment (one per GOP),
+# and clips can be cut from the moof/trun sample tables without remuxing.
+FRAGMENTED_MP4 = "movflags=+frag_keyframe+empty_moov+default_base_moof"
+
+
+@dataclass(frozen=True)
+class SegmenterSettings:
+    segment_seconds: float = 2.0
+    io_timeout: float = 10.0
+    audio_bitrate: str = "64k"
+    loglevel: str = "info"
+
+
+def segmenter_args(ffmpeg: str, url: str, settings: SegmenterSettings) -> list[str]:
+    """argv for an ffmpeg that records ``url`` into numbered fMP4 segments.
+
+    It runs in the run's directory. Each closed segment is reported on stdout
+    as ``name,start,end`` (csv segment list); progress goes to fd 3.
+    Video is copied; audio (AAC, G.711, ...) is encoded to AAC, since the
+    mp4 muxer refuses G.711.
+    """
+    return [
+        ffmpeg,
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        settings.loglevel,
+        *input_options(url, settings.io_timeout),
+        "-i",
+        url,
+        "-map",
+        "0:v:0",
+        "-map",
+        "0:a:0?",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "aac",
+        "-b:a",
+        settings.audio_bitrate,
+        "-f",
+        "segment",
+        "-segment_time",
+        f"{settings.segment_seconds:g}",
+        "-segment_format",
+        "mp4",
+        "-segment_format_options",
+        FRAGMENTED_MP4,
+        "-segment_list",
+        "pipe:1",
+        "-segment_list_type",
+        "csv",
+        "-progress",
+        f"pipe:{PROGRESS_FD}",
+        "-stats_period",
+        "0.5",
+        SEGMENT_PATTERN,
+    ]
+
+
+def segment_name(index: int) -> str:
+    return SEGMENT_PATTERN % index
+
+
+def segment_index(name: str) -> int | None:
+    """The number in a segment's file name, or None if it is not one."""
+    if not (name.startswith("seg") and name.endswith(".mp4")):
+        return None
+    digits = name[3:-4]
+    return int(digits) if digits.isdigit() else None

@@ -1,0 +1,468 @@
+"""One supervised ffmpeg segmenter per started stream.
+
+Follows Twisted's procmon: restart with capped exponential backoff (with
+jitter) while the stream stays started, SIGINT then a delayed SIGKILL to stop,
+pending calls cancelled on stop, every child line logged with the stream id.
+
+Wall-clock mapping: ffmpeg's output timeline starts at 0 with the first packet
+it received. Every report (a closed segment's end, a progress line) that
+arrives at wall time W about media time M bounds the run's anchor from above:
+``anchor <= W - M``. The smallest bound seen is the anchor; when it improves,
+the run's segments already indexed are shifted with it, so one run is always
+one consistent timeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..clips.mp4 import Mp4Error, segment_span
+from ..store import SqlStore
+from .command import PROGRESS_FD, SegmenterSettings, segment_index, segment_name, segmenter_args
+
+log = Logger(namespace="streamrec.recorder")
+
+STOPPED = "stopped"
+STARTING = "starting"
+RECORDING = "recording"
+RECONNECTING = "reconnecting"
+
+ERROR_WORDS = (
+    "error",
+    "refused",
+    "not found",
+    "invalid",
+    "failed",
+    "denied",
+    "unauthorized",
+    "forbidden",
+    "timed out",
+    "timeout",
+    "no route",
+    "unreachable",
+    "no such",
+    "unsupported",
+    "not allowed",
+    "cannot",
+)
+
+
+class CannotStart(Exception):
+    """ffmpeg could not be launched or gave up before the source opened."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RecorderListener(Protocol):
+    def segment_closed(
+        self, stream_id: int, segment_id: int, path: str, start: float, end: float
+    ) -> None: ...
+
+    def state_changed(self, stream_id: int, state: str, error: str | None) -> None: ...
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter."""
+
+    initial: float = 1.0
+    factor: float = 2.0
+    cap: float = 30.0
+    jitter: float = 0.2
+    rng: Callable[[], float] = random.random
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.initial * self.factor**self.attempt)
+        self.attempt += 1
+        return delay * (1 - self.jitter + 2 * self.jitter * self.rng())
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def explain(lines: list[str]) -> str:
+    """The most telling of ffmpeg's last stderr lines."""
+    meaningful = [line for line in lines if line.strip()]
+    for line in reversed(meaningful):
+        lowered = line.lower()
+        if any(word in lowered for word in ERROR_WORDS):
+            return line.strip()
+    return meaningful[-1].strip() if meaningful else "ffmpeg exited"
+
+
+class SegmenterProtocol(ProcessProtocol):
+    """Splits a segmenter's output into lines and hands them to its Run."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._buffers: dict[int, bytes] = {}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffered = self._buffers.get(childFD, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        self._buffers[childFD] = rest
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            if childFD == 1:
+                self.run.segment_line(line)
+            elif childFD == PROGRESS_FD:
+                self.run.progress_line(line)
+            else:
+                self.run.log_line(line)
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, rest in self._buffers.items():
+            if rest:
+                self.childDataReceived(fd, b"\n")
+        self.run.ended(reason)
+
+
+@dataclass
+class Run:
+    """One ffmpeg process: its directory, timeline anchor and indexing chain."""
+
+    recorder: Recorder
+    run_id: int
+    directory: str
+    started_at: float
+    anchor: float | None = None
+    last_media: float | None = None
+    last_index: int = -1
+    last_end: float | None = None
+    segments: int = 0
+    opened: bool = False
+    exited: bool = False
+    stderr_tail: list[str] = field(default_factory=list)
+    waiters: list[defer.Deferred[None]] = field(default_factory=list)
+    done: defer.Deferred[None] = field(default_factory=defer.Deferred)
+    chain: defer.Deferred[None] = field(default_factory=lambda: defer.succeed(None))
+
+    def _later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` after everything queued before it; log its failure."""
+
+        def step(_: object) -> Any:
+            return defer.ensureDeferred(fn(*args))
+
+        self.chain.addCallback(step)
+        self.chain.addErrback(self.recorder.log_failure, "indexing failed")
+
+    def observe(self, wall: float, media: float) -> None:
+        bound = wall - media
+        if self.anchor is None:
+            self.anchor = bound
+        elif bound < self.anchor - 0.002:
+            delta = self.anchor - bound
+            self.anchor = bound
+            if self.segments:
+                self._later(self.recorder.shift_run, self, delta)
+
+    def segment_line(self, line: str) -> None:
+        try:
+            name, start, end = next(csv.reader([line]))
+            media_start, media_end = float(start), float(end)
+        except (ValueError, StopIteration):
+            self.recorder.log_child(line)
+            return
+        self.observe(self.recorder.now(), media_end)
+        self._later(self.recorder.index_segment, self, name, media_start, media_end)
+
+    def progress_line(self, line: str) -> None:
+        key, _, value = line.partition("=")
+        if key == "out_time_us" and value.strip().lstrip("-").isdigit():
+            media = int(value) / 1e6
+            if media > 0:
+                self.last_media = media
+                self.observe(self.recorder.now(), media)
+        elif key == "progress" and not self.opened:
+            self.opened = True
+            self.recorder.run_opened(self)
+
+    def log_line(self, line: str) -> None:
+        self.stderr_tail.append(line)
+        del self.stderr_tail[:-20]
+        self.recorder.log_child(line)
+
+    def ended(self, reason: Failure) -> None:
+        self.exited = True
+        self._later(self.recorder.run_ended, self, reason)
+        self.chain.addBoth(lambda _: self.done.callback(None))
+
+
+class Recorder:
+    """Keeps one stream recording while it is wanted."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        url: str,
+        *,
+        reactor: Any,
+        store: SqlStore,
+        ffmpeg: str,
+        data_dir: str,
+        listener: RecorderListener,
+        settings: SegmenterSettings = SegmenterSettings(),
+        start_timeout: float = 8.0,
+        kill_timeout: float = 10.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.url = url
+        self.reactor: IReactorProcess & IReactorTime = reactor
+        self.store = store
+        self.ffmpeg = ffmpeg
+        self.data_dir = data_dir
+        self.listener = listener
+        self.settings = settings
+        self.start_timeout = start_timeout
+        self.kill_timeout = kill_timeout
+        self.backoff = backoff or Backoff()
+        self.wanted = False
+        self.state = STOPPED
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self.last_segment_at: float | None = None
+        self.run: Run | None = None
+        self.process: Any = None
+        self._restart_call: IDelayedCall | None = None
+        self._kill_call: IDelayedCall | None = None
+
+    # -- helpers ----------------------------------------------------------
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def log_child(self, line: str) -> None:
+        if line.strip():
+            log.debug("stream {stream_id}: {line}", stream_id=self.stream_id, line=line)
+
+    def log_failure(self, failure: Failure, what: str) -> None:
+        log.failure("stream {stream_id}: {what}", failure, stream_id=self.stream_id, what=what)
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        changed = state != self.state or (error is not None and error != self.last_error)
+        self.state = state
+        if error is not None:
+            self.last_error = error
+        if changed:
+            log.info(
+                "stream {stream_id}: {state}{why}",
+                stream_id=self.stream_id,
+                state=state,
+                why=f" ({error})" if error else "",
+            )
+            self.listener.state_changed(self.stream_id, state, error)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "last_error": self.last_error,
+            "reconnects": self.reconnects,
+            "last_segment_at": self.last_segment_at,
+            "pid": getattr(self.process, "pid", None),
+        }
+
+    # -- the API ------------------------------------------------------------
+    async def start(self) -> None:
+        """Start recording; raise CannotStart if ffmpeg fails before the source opens."""
+        self.wanted = True
+        self.backoff.reset()
+        self.last_error = None
+        self._set_state(STARTING)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        try:
+            run = await self._launch()
+        except CannotStart as failure:
+            self.wanted = False
+            self._set_state(STOPPED, failure.reason)
+            raise
+        run.waiters.append(waiter)
+        waiter.addTimeout(self.start_timeout, self.reactor, onTimeoutCancel=lambda *_: None)
+        try:
+            await waiter
+        except CannotStart as failure:
+            self.wanted = False
+            self._set_state(STOPPED, failure.reason)
+            raise
+
+    def resume(self) -> None:
+        """Start recording without waiting; failures retry with backoff."""
+        self.wanted = True
+        self.backoff.reset()
+        self._set_state(STARTING)
+        self._relaunch()
+
+    async def stop(self) -> None:
+        """Stop recording; the last segment is closed and indexed."""
+        self.wanted = False
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
+        self._restart_call = None
+        run = self.run
+        if run is not None and not run.exited and self.process is not None:
+            self._signal("INT")
+            self._kill_call = self.reactor.callLater(self.kill_timeout, self._signal, "KILL")
+        if run is not None:
+            await run.done
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
+        self._set_state(STOPPED)
+
+    # -- process life -----------------------------------------------------------
+    def _signal(self, name: str) -> None:
+        try:
+            self.process.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+    async def _launch(self) -> Run:
+        run_id = await self.store.open_run(self.stream_id, self.now())
+        directory = os.path.join(self.data_dir, "segments", str(self.stream_id), str(run_id))
+        os.makedirs(directory, exist_ok=True)
+        run = Run(recorder=self, run_id=run_id, directory=directory, started_at=self.now())
+        args = segmenter_args(self.ffmpeg, self.url, self.settings)
+        try:
+            self.process = self.reactor.spawnProcess(
+                SegmenterProtocol(run),
+                args[0],
+                args,
+                env=None,
+                path=directory,
+                childFDs={0: "w", 1: "r", 2: "r", PROGRESS_FD: "r"},
+            )
+        except OSError as failure:
+            await self.store.close_run(run_id, self.now(), f"spawn failed: {failure}")
+            raise CannotStart(f"cannot run ffmpeg: {failure}") from failure
+        self.run = run
+        log.info(
+            "stream {stream_id}: ffmpeg pid {pid} run {run_id} recording into {directory}",
+            stream_id=self.stream_id,
+            pid=getattr(self.process, "pid", None),
+            run_id=run_id,
+            directory=directory,
+        )
+        return run
+
+    def run_opened(self, run: Run) -> None:
+        if run is not self.run:
+            return
+        self._set_state(RECORDING)
+        waiters, run.waiters = run.waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    async def run_ended(self, run: Run, reason: Failure) -> None:
+        await self._index_trailing(run)
+        exit_code = getattr(reason.value, "exitCode", None)
+        why = explain(run.stderr_tail)
+        if run is self.run:
+            self.process = None
+        await self.store.close_run(run.run_id, self.now(), f"exit {exit_code}: {why}")
+        waiters, run.waiters = run.waiters, []
+        for waiter in waiters:
+            waiter.errback(CannotStart(why))
+        if run is not self.run or not self.wanted:
+            return
+        if waiters:
+            # The first start failed: start() reports it, nothing restarts.
+            return
+        if run.segments:
+            self.backoff.reset()
+        self._set_state(RECONNECTING, why)
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        delay = self.backoff.next_delay()
+        log.info(
+            "stream {stream_id}: reconnecting in {delay:.1f}s",
+            stream_id=self.stream_id,
+            delay=delay,
+        )
+        self._restart_call = self.reactor.callLater(delay, self._relaunch)
+
+    def _relaunch(self) -> None:
+        self._restart_call = None
+        if not self.wanted:
+            return
+        self.reconnects += 1 if self.run is not None else 0
+
+        def failed(failure: Failure) -> None:
+            failure.trap(CannotStart)
+            self._set_state(RECONNECTING, failure.value.reason)
+            if self.wanted:
+                self._schedule_restart()
+
+        d = defer.ensureDeferred(self._launch())
+        d.addErrback(failed)
+        d.addErrback(self.log_failure, "restart failed")
+
+    # -- indexing ---------------------------------------------------------------
+    async def index_segment(
+        self, run: Run, name: str, media_start: float, media_end: float
+    ) -> None:
+        path = os.path.join(run.directory, name)
+        number = segment_index(name)
+        if number is not None:
+            run.last_index = max(run.last_index, number)
+        await self._index(run, path, media_end=media_end)
+
+    async def _index(
+        self, run: Run, path: str, media_end: float | None = None
+    ) -> None:
+        try:
+            size = os.path.getsize(path)
+            first, last = segment_span(path)
+        except (OSError, Mp4Error) as failure:
+            log.warn(
+                "stream {stream_id}: segment {path} not indexed: {failure}",
+                stream_id=self.stream_id,
+                path=path,
+                failure=failure,
+            )
+            return
+        duration = last - first
+        if run.anchor is None:
+            run.anchor = run.started_at
+        if media_end is not None:
+            end = run.anchor + media_end
+            start = run.last_end if run.last_end is not None else end - duration
+        elif run.last_end is not None:
+            start = run.last_end
+            end = start + duration
+        else:
+            end = run.anchor + (run.last_media or duration)
+            start = end - duration
+        segment_id = await self.store.add_segment(
+            self.stream_id, run.run_id, path, start, end, size
+        )
+        run.last_end = end
+        run.segments += 1
+        self.last_segment_at = end
+        self.listener.segment_closed(self.stream_id, segment_id, path, start, end)
+
+    async def shift_run(self, run: Run, delta: float) -> None:
+        await self.store.shift_run(run.run_id, -delta)
+        if run.last_end is not None:
+            run.last_end -= delta
+        if self.last_segment_at is not None and run is self.run:
+            self.last_segment_at -= delta
+
+    async def _index_trailing(self, run: Run) -> None:
+        """Index the segment ffmpeg was writing when it died without closing it."""
+        path = os.path.join(run.directory, segment_name(run.last_index + 1))
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            await self._index(run, path)

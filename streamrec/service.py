@@ -1,0 +1,186 @@
+"""The service tree: store, API site, recorders and the clip worker."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from .api import StreamrecAPI
+from .clips.worker import ClipWorker
+from .core import Streams
+from .ffmpeg import find_ffmpeg
+from .plugins import PluginContext, collect, get_plugin_manager, notify, plugin_names
+from .recorder.command import SegmenterSettings
+from .recorder.supervisor import Recorder
+from .store import Stream, open_store
+
+log = Logger(namespace="streamrec.service")
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "tcp:8080"
+    data_dir: str = "./data"
+    database: str = ""
+    public_url: str = ""
+    storage: str = "local"
+    encoder: str = "copy"
+    ffmpeg: str = ""
+    segment_seconds: float = 2.0
+    start_timeout: float = 8.0
+    max_clip_seconds: float = 4 * 3600.0
+    clip_workers: int = 2
+    load_plugins: bool = True
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class StreamrecService(MultiService):
+    """Opens the store, listens, resumes recorders; shuts down gracefully."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.data_dir = os.path.abspath(config.data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.ffmpeg = find_ffmpeg(config.ffmpeg or None)
+        self.pm = get_plugin_manager(load_entrypoints=config.load_plugins)
+        self.storage_factories = collect(self.pm.hook.register_storage_backends)
+        self.encoder_factories = collect(self.pm.hook.register_clip_encoders)
+        if config.storage not in self.storage_factories:
+            raise ConfigError(
+                f"unknown storage backend {config.storage!r}; known: "
+                + ", ".join(sorted(self.storage_factories))
+            )
+        if config.encoder not in self.encoder_factories:
+            raise ConfigError(
+                f"unknown clip encoder {config.encoder!r}; known: "
+                + ", ".join(sorted(self.encoder_factories))
+            )
+        self.store = open_store(config.database or "sqlite:", self.data_dir)
+        self.storage: Any = None
+        self.encoders: dict[str, Any] = {}
+        self.worker: ClipWorker | None = None
+        self.port: Any = None
+        self.streams = Streams(
+            reactor=reactor,
+            store=self.store,
+            make_recorder=self._make_recorder,
+            notify=self.notify,
+            encoders=lambda: self.encoders,
+            default_encoder=config.encoder,
+            max_clip_seconds=config.max_clip_seconds,
+            wake_worker=self._wake_worker,
+        )
+        self.api = StreamrecAPI(self.streams, self._clip_files, self._plugins)
+        self.ready: defer.Deferred[None] = defer.Deferred()
+
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        notify(self.pm, hook, **kwargs)
+
+    def _make_recorder(self, stream: Stream, listener: Streams) -> Recorder:
+        return Recorder(
+            stream.id,
+            stream.url,
+            reactor=self.reactor,
+            store=self.store,
+            ffmpeg=self.ffmpeg,
+            data_dir=self.data_dir,
+            listener=listener,
+            settings=SegmenterSettings(segment_seconds=self.config.segment_seconds),
+            start_timeout=self.config.start_timeout,
+        )
+
+    def _wake_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    def _clip_files(self) -> Any:
+        return self.storage.resource() if self.storage is not None else None
+
+    def _plugins(self) -> dict[str, Any]:
+        return {
+            "plugins": plugin_names(self.pm),
+            "storage_backends": sorted(self.storage_factories),
+            "clip_encoders": sorted(self.encoder_factories),
+            "storage": self.config.storage,
+            "default_encoder": self.config.encoder,
+        }
+
+    # -- life ---------------------------------------------------------------------
+    def startService(self) -> None:
+        Service.startService(self)
+        d = defer.ensureDeferred(self._start())
+        d.addErrback(self._start_failed)
+        d.chainDeferred(self.ready)
+
+    def _start_failed(self, failure: Any) -> Any:
+        log.failure("streamrec could not start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+        return failure
+
+    async def _start(self) -> None:
+        version = await self.store.migrate()
+        log.info("database schema version {version}", version=version)
+        site = Site(self.api.resource())
+        site.displayTracebacks = False
+        endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
+        self.port = await endpoint.listen(site)
+        public_url = self.config.public_url or default_public_url(self.port.getHost())
+        context = PluginContext(
+            reactor=self.reactor,
+            data_dir=self.data_dir,
+            public_url=public_url,
+            ffmpeg=self.ffmpeg,
+            config=dict(vars(self.config)),
+        )
+        self.storage = self.storage_factories[self.config.storage](context)
+        self.encoders = {name: make(context) for name, make in self.encoder_factories.items()}
+        self.worker = ClipWorker(
+            reactor=self.reactor,
+            store=self.store,
+            storage=self.storage,
+            encoders=self.encoders,
+            scratch_dir=os.path.join(self.data_dir, "tmp"),
+            is_recording=self.streams.is_recording,
+            notify=self.notify,
+            concurrency=self.config.clip_workers,
+        )
+        self.worker.setServiceParent(self)
+        await self.streams.resume_all()
+        log.info(
+            "streamrec listening on {listen}, links under {url}, data in {data}",
+            listen=self.config.listen,
+            url=public_url,
+            data=self.data_dir,
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.port is not None:
+            await self.port.stopListening()
+        await self.streams.shutdown()
+        await defer.maybeDeferred(MultiService.stopService, self)
+        self.store.close()
+
+
+def default_public_url(address: Any) -> str:
+    host = getattr(address, "host", "127.0.0.1")
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{address.port}"

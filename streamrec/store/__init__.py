@@ -1,0 +1,449 @@
+"""The database port: one interface for every adapter.
+
+Nothing here knows about HTTP or ffmpeg. Every method returns an awaitable
+(a Deferred); no adapter blocks the reactor thread.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable, Sequence
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+
+
+@dataclass(frozen=True)
+class Stream:
+    id: int
+    url: str
+    description: str
+    create_date: float
+    start_date: float | None
+    stop_date: float | None
+    wanted: bool
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    stream_id: int
+    run_id: int
+    path: str
+    start: float
+    end: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Clip:
+    seq: int
+    link: str
+    storage_key: str
+    start: float
+    stop: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    id: int
+    stream_id: int
+    start: float
+    stop: float
+    stop_given: bool
+    encoder: str
+    options: dict[str, Any]
+    status: str
+    error_message: str | None
+    progress: float
+    created_at: float
+    clips: tuple[Clip, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Totals:
+    segments: int
+    seconds: float
+    bytes: int
+    first: float | None
+    last: float | None
+
+
+JOB_PENDING = "pending"
+JOB_PROCESSING = "processing"
+JOB_DONE = "done"
+JOB_FAILED = "failed"
+
+
+def _schema_files(dialect: str) -> list[tuple[int, str]]:
+    folder = resources.files("streamrec.store") / "schema" / dialect
+    files = sorted(
+        (int(entry.name.split("_", 1)[0]), entry.read_text("utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    )
+    return files
+
+
+def _split_statements(script: str) -> list[str]:
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+class SqlStore:
+    """The store over a DB-API connection pool (``adbapi.ConnectionPool``).
+
+    SQL is written with ``?`` placeholders; adapters whose driver uses another
+    paramstyle set :attr:`placeholder`.
+    """
+
+    dialect = "sqlite"
+    placeholder = "?"
+
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self._pool = pool
+
+    # -- plumbing -------------------------------------------------------
+    def _sql(self, query: str) -> str:
+        if self.placeholder == "?":
+            return query
+        return query.replace("?", self.placeholder)
+
+    def _interaction(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return self._pool.runInteraction(fn, *args)
+
+    def _query(self, query: str, params: Sequence[Any] = ()) -> Deferred[list[tuple]]:
+        return self._pool.runQuery(self._sql(query), tuple(params))
+
+    def _operation(self, query: str, params: Sequence[Any] = ()) -> Deferred[None]:
+        return self._pool.runOperation(self._sql(query), tuple(params))
+
+    def _insert(self, txn: Any, query: str, params: Sequence[Any]) -> int:
+        txn.execute(self._sql(query), tuple(params))
+        return int(txn.lastrowid)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    async def migrate(self) -> int:
+        """Apply every schema file newer than the database; return the version."""
+        return await self._interaction(self._migrate)
+
+    def _migrate(self, txn: Any) -> int:
+        txn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        txn.execute("SELECT MAX(version) FROM schema_version")
+        current = txn.fetchone()[0] or 0
+        for version, script in _schema_files(self.dialect):
+            if version <= current:
+                continue
+            for statement in _split_statements(script):
+                txn.execute(statement)
+            txn.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+            current = version
+        return current
+
+    # -- streams --------------------------------------------------------
+    _STREAM_COLUMNS = "id, url, description, create_date, start_date, stop_date, wanted, last_error"
+
+    @staticmethod
+    def _stream(row: Sequence[Any]) -> Stream:
+        return Stream(
+            id=row[0],
+            url=row[1],
+            description=row[2],
+            create_date=row[3],
+            start_date=row[4],
+            stop_date=row[5],
+            wanted=bool(row[6]),
+            last_error=row[7],
+        )
+
+    async def create_stream(self, url: str, description: str, now: float) -> int:
+        return await self._interaction(
+            self._insert,
+            "INSERT INTO streams (url, description, create_date) VALUES (?, ?, ?)",
+            (url, description, now),
+        )
+
+    async def get_stream(self, stream_id: int) -> Stream | None:
+        rows = await self._query(
+            f"SELECT {self._STREAM_COLUMNS} FROM streams WHERE id = ?", (stream_id,)
+        )
+        return self._stream(rows[0]) if rows else None
+
+    async def list_streams(self) -> list[Stream]:
+        rows = await self._query(f"SELECT {self._STREAM_COLUMNS} FROM streams ORDER BY id")
+        return [self._stream(row) for row in rows]
+
+    async def mark_started(self, stream_id: int, now: float) -> None:
+        await self._operation(
+            "UPDATE streams SET wanted = 1, start_date = ?, stop_date = NULL, last_error = NULL"
+            " WHERE id = ?",
+            (now, stream_id),
+        )
+
+    async def mark_stopped(self, stream_id: int, now: float) -> None:
+        await self._operation(
+            "UPDATE streams SET wanted = 0, stop_date = ? WHERE id = ?", (now, stream_id)
+        )
+
+    async def set_last_error(self, stream_id: int, error: str | None) -> None:
+        await self._operation(
+            "UPDATE streams SET last_error = ? WHERE id = ?", (error, stream_id)
+        )
+
+    # -- runs and segments ----------------------------------------------
+    async def open_run(self, stream_id: int, now: float) -> int:
+        return await self._interaction(
+            self._insert,
+            "INSERT INTO runs (stream_id, started_at) VALUES (?, ?)",
+            (stream_id, now),
+        )
+
+    async def close_run(self, run_id: int, now: float, reason: str) -> None:
+        await self._operation(
+            "UPDATE runs SET ended_at = ?, exit_reason = ? WHERE id = ?", (now, reason, run_id)
+        )
+
+    async def add_segment(
+        self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
+    ) -> int:
+        return await self._interaction(
+            self._insert,
+            "INSERT INTO segments (stream_id, run_id, path, start_time, end_time, bytes)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (stream_id, run_id, path, start, end, size),
+        )
+
+    async def shift_run(self, run_id: int, delta: float) -> None:
+        """Move every segment of a run by ``delta`` seconds (a better clock anchor)."""
+        await self._operation(
+            "UPDATE segments SET start_time = start_time + ?, end_time = end_time + ?"
+            " WHERE run_id = ?",
+            (delta, delta, run_id),
+        )
+
+    async def segments_between(self, stream_id: int, start: float, stop: float) -> list[Segment]:
+        """Segments that overlap [start, stop), ordered by time."""
+        rows = await self._query(
+            "SELECT id, stream_id, run_id, path, start_time, end_time, bytes FROM segments"
+            " WHERE stream_id = ? AND end_time > ? AND start_time < ?"
+            " ORDER BY start_time, id",
+            (stream_id, start, stop),
+        )
+        return [Segment(*row) for row in rows]
+
+    async def last_segment_end(self, stream_id: int) -> float | None:
+        rows = await self._query(
+            "SELECT MAX(end_time) FROM segments WHERE stream_id = ?", (stream_id,)
+        )
+        return rows[0][0]
+
+    async def totals(self, stream_id: int) -> Totals:
+        rows = await self._query(
+            "SELECT COUNT(*), COALESCE(SUM(end_time - start_time), 0), COALESCE(SUM(bytes), 0),"
+            " MIN(start_time), MAX(end_time) FROM segments WHERE stream_id = ?",
+            (stream_id,),
+        )
+        count, seconds, size, first, last = rows[0]
+        return Totals(int(count), float(seconds), int(size), first, last)
+
+    # -- clip jobs ------------------------------------------------------
+    _JOB_COLUMNS = (
+        "id, stream_id, start_time, stop_time, stop_given, encoder, options, status,"
+        " error_message, progress, created_at"
+    )
+
+    def _job(self, txn: Any, row: Sequence[Any]) -> ClipJob:
+        txn.execute(
+            self._sql(
+                "SELECT seq, link, storage_key, start_time, stop_time, bytes FROM clips"
+                " WHERE job_id = ? ORDER BY seq"
+            ),
+            (row[0],),
+        )
+        clips = tuple(Clip(*clip) for clip in txn.fetchall())
+        return ClipJob(
+            id=row[0],
+            stream_id=row[1],
+            start=row[2],
+            stop=row[3],
+            stop_given=bool(row[4]),
+            encoder=row[5],
+            options=json.loads(row[6]),
+            status=row[7],
+            error_message=row[8],
+            progress=row[9],
+            created_at=row[10],
+            clips=clips,
+        )
+
+    def _find_or_create_job(
+        self,
+        txn: Any,
+        stream_id: int,
+        start: float,
+        stop: float | None,
+        default_stop: float,
+        encoder: str,
+        options: dict[str, Any],
+        now: float,
+    ) -> tuple[ClipJob, bool]:
+        encoded = json.dumps(options, sort_keys=True)
+        query = (
+            f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE stream_id = ? AND start_time = ?"
+            " AND encoder = ? AND options = ? AND stop_given = ?"
+        )
+        params: list[Any] = [stream_id, start, encoder, encoded, int(stop is not None)]
+        if stop is not None:
+            query += " AND stop_time = ?"
+            params.append(stop)
+        txn.execute(self._sql(query + " ORDER BY id DESC"), tuple(params))
+        row = txn.fetchone()
+        if row is not None:
+            return self._job(txn, row), False
+        job_id = self._insert(
+            txn,
+            "INSERT INTO clip_jobs (stream_id, start_time, stop_time, stop_given, encoder,"
+            " options, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                stream_id,
+                start,
+                stop if stop is not None else default_stop,
+                int(stop is not None),
+                encoder,
+                encoded,
+                JOB_PENDING,
+                now,
+                now,
+            ),
+        )
+        return self._get_job(txn, job_id), True
+
+    async def find_or_create_job(
+        self,
+        stream_id: int,
+        start: float,
+        stop: float | None,
+        default_stop: float,
+        encoder: str,
+        options: dict[str, Any],
+        now: float,
+    ) -> tuple[ClipJob, bool]:
+        """The job for this request, created if new; ``(job, created)``.
+
+        A request without ``stop`` matches the earlier request without
+        ``stop`` for the same ``start``; a new one ends at ``default_stop``.
+        """
+        return await self._interaction(
+            self._find_or_create_job, stream_id, start, stop, default_stop, encoder, options, now
+        )
+
+    def _get_job(self, txn: Any, job_id: int) -> ClipJob:
+        txn.execute(self._sql(f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE id = ?"), (job_id,))
+        return self._job(txn, txn.fetchone())
+
+    async def get_job(self, job_id: int) -> ClipJob:
+        return await self._interaction(self._get_job, job_id)
+
+    def _jobs_with_status(self, txn: Any, statuses: Sequence[str]) -> list[ClipJob]:
+        marks = ", ".join("?" for _ in statuses)
+        txn.execute(
+            self._sql(
+                f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE status IN ({marks}) ORDER BY id"
+            ),
+            tuple(statuses),
+        )
+        return [self._job(txn, row) for row in txn.fetchall()]
+
+    async def jobs_with_status(self, *statuses: str) -> list[ClipJob]:
+        return await self._interaction(self._jobs_with_status, statuses)
+
+    async def set_job_status(
+        self,
+        job_id: int,
+        status: str,
+        now: float,
+        error_message: str | None = None,
+        progress: float | None = None,
+    ) -> None:
+        await self._operation(
+            "UPDATE clip_jobs SET status = ?, error_message = ?, updated_at = ?,"
+            " progress = COALESCE(?, progress) WHERE id = ?",
+            (status, error_message, now, progress, job_id),
+        )
+
+    async def set_job_progress(self, job_id: int, progress: float, now: float) -> None:
+        """Record how far a job being built has come (0..1)."""
+        await self._operation(
+            "UPDATE clip_jobs SET progress = ?, updated_at = ? WHERE id = ? AND status = ?",
+            (progress, now, job_id, JOB_PROCESSING),
+        )
+
+    def _finish_job(self, txn: Any, job_id: int, clips: Sequence[Clip], now: float) -> None:
+        for clip in clips:
+            txn.execute(
+                self._sql(
+                    "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time,"
+                    " bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (job_id, clip.seq, clip.link, clip.storage_key, clip.start, clip.stop, clip.bytes),
+            )
+        txn.execute(
+            self._sql(
+                "UPDATE clip_jobs SET status = ?, progress = 1, updated_at = ? WHERE id = ?"
+            ),
+            (JOB_DONE, now, job_id),
+        )
+
+    async def finish_job(self, job_id: int, clips: Sequence[Clip], now: float) -> None:
+        """Record the job's clips and mark it done, in one transaction."""
+        await self._interaction(self._finish_job, job_id, clips, now)
+
+
+def _sqlite_connected(connection: Any) -> None:
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+
+
+def open_sqlite(path: str) -> SqlStore:
+    """A store on a SQLite file, used from one worker thread."""
+    pool = adbapi.ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        cp_min=1,
+        cp_max=1,
+        cp_openfun=_sqlite_connected,
+        timeout=30,
+    )
+    return SqlStore(pool)
+
+
+class UnsupportedDatabase(ValueError):
+    pass
+
+
+def open_store(url: str, data_dir: str) -> SqlStore:
+    """Open the store named by a ``--database`` URL.
+
+    ``sqlite:///PATH`` (absolute), ``sqlite:PATH`` or ``sqlite://`` (the data
+    directory's ``streamrec.sqlite``).
+    """
+    import os
+
+    if url.startswith("sqlite:"):
+        rest = url[len("sqlite:") :]
+        if rest.startswith("//"):
+            rest = rest[2:]
+        path = rest or os.path.join(data_dir, "streamrec.sqlite")
+        if not os.path.isabs(path):
+            path = os.path.join(data_dir, path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open_sqlite(path)
+    raise UnsupportedDatabase(f"unsupported database URL {url!r}: use sqlite:///PATH")

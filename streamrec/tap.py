@@ -1,0 +1,112 @@
+"""``twistd streamrec``: options and the service maker."""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import fields
+from typing import Any
+
+from twisted.python import usage
+
+from .service import Config, ConfigError, StreamrecService
+
+DEFAULTS = Config()
+
+
+def _float(value: Any) -> float:
+    return float(value)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Record live video sources (RTSP, HLS, RTMP, SRT, HTTP, UDP) into segments and "
+        "cut MP4 clips, over a JSON HTTP API. Options may also come from an INI file "
+        "(--config) with a [streamrec] section whose keys are the long option names."
+    )
+
+    optParameters = [
+        ["config", "c", None, "Read options from this INI file ([streamrec] section)."],
+        ["listen", "l", DEFAULTS.listen, "Twisted endpoint string for the HTTP API."],
+        ["data-dir", "d", DEFAULTS.data_dir, "Directory for segments, clips and SQLite."],
+        [
+            "database",
+            None,
+            "",
+            "Database URL: sqlite:///PATH (default: DATA_DIR/streamrec.sqlite).",
+        ],
+        [
+            "public-url",
+            None,
+            "",
+            "Base URL of the links handed out (default: http://HOST:PORT of --listen).",
+        ],
+        ["storage", None, DEFAULTS.storage, "Storage backend plugin for clips."],
+        ["encoder", None, DEFAULTS.encoder, "Default clip encoder plugin."],
+        ["ffmpeg", None, "", "ffmpeg binary (default: PATH's, else imageio-ffmpeg's)."],
+        [
+            "segment-seconds",
+            None,
+            DEFAULTS.segment_seconds,
+            "Target segment length in seconds.",
+            _float,
+        ],
+        [
+            "start-timeout",
+            None,
+            DEFAULTS.start_timeout,
+            "Seconds start waits for the source to open.",
+            _float,
+        ],
+        [
+            "max-clip-seconds",
+            None,
+            DEFAULTS.max_clip_seconds,
+            "Longest range one get_clip may ask for.",
+            _float,
+        ],
+        ["clip-workers", None, DEFAULTS.clip_workers, "Clips built at once.", int],
+    ]
+    optFlags = [
+        ["no-plugins", None, "Do not load installed plugins (entry points)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["config"]:
+            self._read_config(self["config"])
+        try:
+            self.config = self.to_config()
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+
+    def _read_config(self, path: str) -> None:
+        parser = configparser.ConfigParser()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except (OSError, configparser.Error) as error:
+            raise usage.UsageError(f"cannot read config {path}: {error}") from None
+        if not parser.has_section("streamrec"):
+            raise usage.UsageError(f"config {path} has no [streamrec] section")
+        defaults = {name: value for name, _, value, *_ in self.optParameters}
+        coercers = {p[0]: p[4] for p in self.optParameters if len(p) > 4}
+        for key, value in parser.items("streamrec"):
+            if key not in defaults or key == "config":
+                raise usage.UsageError(f"config {path}: unknown option {key!r}")
+            if self[key] == defaults[key]:  # the command line wins
+                self[key] = coercers.get(key, str)(value)
+
+    def to_config(self) -> Config:
+        values = {f.name: self[f.name.replace("_", "-")] for f in fields(Config) if
+                  f.name.replace("_", "-") in self}
+        values["load_plugins"] = not self["no-plugins"]
+        return Config(**values)
+
+
+def makeService(options: Options) -> StreamrecService:
+    from twisted.internet import reactor
+
+    try:
+        return StreamrecService(options.config, reactor)
+    except (ConfigError, RuntimeError) as error:
+        raise SystemExit(f"streamrec: {error}") from None
