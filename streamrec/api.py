@@ -137,8 +137,9 @@ class StreamrecAPI:
 
     @app.route("/streams/<stream_id>/start", methods=["GET", "POST"])
     async def start(self, request: IRequest, stream_id: str) -> bytes:
+        sid = parse_id(stream_id)
         try:
-            await self.streams.start(parse_id(stream_id))
+            await self.streams.start(sid)
         except StreamNotFound:
             raise ApiError(404, "Stream not found") from None
         except AlreadyStarted:
@@ -149,8 +150,9 @@ class StreamrecAPI:
 
     @app.route("/streams/<stream_id>/stop", methods=["GET", "POST"])
     async def stop(self, request: IRequest, stream_id: str) -> bytes:
+        sid = parse_id(stream_id)
         try:
-            await self.streams.stop(parse_id(stream_id))
+            await self.streams.stop(sid)
         except StreamNotFound:
             raise ApiError(404, "Stream not found") from None
         except NotStarted:
@@ -161,8 +163,9 @@ class StreamrecAPI:
 
     @app.route("/streams/<stream_id>/status", methods=["GET"])
     async def status(self, request: IRequest, stream_id: str) -> bytes:
+        sid = parse_id(stream_id)
         try:
-            status = await self.streams.status(parse_id(stream_id))
+            status = await self.streams.status(sid)
         except StreamNotFound:
             raise ApiError(404, "Stream not found") from None
         except Exception:
