@@ -1,0 +1,25 @@
+PYTHON ?= python3
+VENV ?= .venv
+
+.PHONY: install test run lint bench
+
+# Install streamrec and its Python dependencies into $(VENV).
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q . ruff
+
+# Install everything the tests need, then run them.
+test: install
+	bash scripts/install-system-packages
+	$(VENV)/bin/python -m twisted.trial --temp-directory=/tmp/streamrec-trial tests
+
+# Run the service in the foreground on the embedded default (SQLite, ./data, port 8080).
+run: install
+	$(VENV)/bin/twistd -n --pidfile= streamrec
+
+lint:
+	$(VENV)/bin/ruff check streamrec tests
+
+bench: install
+	$(VENV)/bin/python bench/clip_bench.py
