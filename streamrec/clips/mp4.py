@@ -31,6 +31,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Iterator, Sequence
 
 __all__ = ["SegmentPiece", "ClipResult", "Mp4Error", "segment_span", "build_clip"]
@@ -370,8 +371,8 @@ class _Traf:
 _TRUN_FIELD_ORDER = ((_TRUN_DURATION, "I"), (_TRUN_SIZE, "I"), (_TRUN_FLAGS, "I"), (_TRUN_CTO, "i"))
 
 
-def _parse_trun(buf: bytes, body: int, box_end: int, track: _Track, tf: dict,
-                data_pos: int, dts: int, out: _Samples, raw_cto: list[int]) -> tuple[int, int]:
+def _parse_trun(buf: bytes, body: int, box_end: int, tf: dict, data_pos: int, dts: int,
+                out: _Samples, raw_cto: list[int]) -> tuple[int, int]:
     """Append one trun's samples to ``out``; return ``(next data_pos, next dts)``."""
     _version, flags, p = _full_box(buf, body)
     (count,) = struct.unpack_from(">I", buf, p)
@@ -389,26 +390,24 @@ def _parse_trun(buf: bytes, body: int, box_end: int, track: _Track, tf: dict,
     entry = struct.calcsize(fmt)
     if p + entry * count > box_end:
         raise Mp4Error("truncated trun")
-    columns = {bit: [] for bit, _code in present}
+    columns: dict[int, list[int]] = {}
     if present:
-        for values in struct.iter_unpack(fmt, buf[p : p + entry * count]):
-            for (bit, _code), value in zip(present, values):
-                columns[bit].append(value)
+        rows = struct.iter_unpack(fmt, buf[p : p + entry * count])
+        columns = {bit: list(col) for (bit, _code), col in zip(present, zip(*rows))}
     durations = columns.get(_TRUN_DURATION) or [tf["duration"]] * count
     sizes = columns.get(_TRUN_SIZE) or [tf["size"]] * count
     sample_flags = columns.get(_TRUN_FLAGS) or [tf["flags"]] * count
-    ctos = columns.get(_TRUN_CTO) or [0] * count
     if first_flags is not None and count:
         sample_flags = [first_flags] + list(sample_flags[1:])
-    for i in range(count):
-        out.dts.append(dts)
-        out.duration.append(durations[i])
-        out.size.append(sizes[i])
-        out.offset.append(data_pos)
-        out.sync.append(not sample_flags[i] & _SAMPLE_NON_SYNC)
-        raw_cto.append(ctos[i])
-        dts += durations[i]
-        data_pos += sizes[i]
+    out.dts.extend(accumulate(durations[:-1], initial=dts))
+    out.offset.extend(accumulate(sizes[:-1], initial=data_pos))
+    out.duration.extend(durations)
+    out.size.extend(sizes)
+    out.sync.extend(not f & _SAMPLE_NON_SYNC for f in sample_flags)
+    raw_cto.extend(columns.get(_TRUN_CTO) or [0] * count)
+    if count:
+        dts = out.dts[-1] + durations[-1]
+        data_pos = out.offset[-1] + sizes[-1]
     return data_pos, dts
 
 
@@ -445,8 +444,7 @@ def _parse_traf(buf: bytes, start: int, end: int, moof_pos: int, default_base: i
     data_pos = tf["base"]
     for typ, body, box_end in _children(buf, start, end):
         if typ == b"trun":
-            data_pos, dts = _parse_trun(buf, body, box_end, track, tf, data_pos, dts,
-                                        samples, raw_cto)
+            data_pos, dts = _parse_trun(buf, body, box_end, tf, data_pos, dts, samples, raw_cto)
     state.next_dts = dts
     return _Traf(track, raw_cto, samples), data_pos
 
@@ -462,10 +460,6 @@ class _Segment:
     @property
     def video(self) -> _Samples:
         return self.tracks[self.init.video.track_id]
-
-    @property
-    def audio(self) -> _Samples | None:
-        return self.tracks.get(self.init.audio.track_id) if self.init.audio else None
 
     def first_video_pts(self) -> int:
         video = self.video
@@ -506,8 +500,8 @@ def _read_segment_fd(path: str, fd: int) -> _Segment:
     tracks: dict[int, _Samples] = {}
     states: dict[int, _TrackState] = {}
     for box in _top_level_boxes(fd, file_size):
-        if init is None and box.type not in (b"ftyp", b"styp", b"moov", b"free", b"skip"):
-            break
+        if not _plausible_type(box.type):
+            break  # garbage
         if box.type == b"moov":
             init = _parse_moov(os.pread(fd, box.size - box.header, box.pos + box.header))
             tracks = {tid: _Samples() for tid in init.tracks}
@@ -525,6 +519,11 @@ def _read_segment_fd(path: str, fd: int) -> _Segment:
     if not tracks[init.video.track_id].dts:
         raise Mp4Error("no complete video fragment")
     return _Segment(path, init, tracks)
+
+
+def _plausible_type(typ: bytes) -> bool:
+    """True for a box type made of printable ASCII (as every real box type is)."""
+    return all(0x20 <= c < 0x7F for c in typ)
 
 
 def _fragment_complete(trafs: list[_Traf], file_size: int) -> bool:

@@ -219,6 +219,7 @@ class Recorder:
         start_timeout: float = 8.0,
         kill_timeout: float = 10.0,
         backoff: Backoff | None = None,
+        probe: Callable[[str], tuple[float, float]] = segment_span,
     ) -> None:
         self.stream_id = stream_id
         self.url = url
@@ -231,6 +232,7 @@ class Recorder:
         self.start_timeout = start_timeout
         self.kill_timeout = kill_timeout
         self.backoff = backoff or Backoff()
+        self.probe = probe
         self.wanted = False
         self.state = STOPPED
         self.last_error: str | None = None
@@ -425,7 +427,7 @@ class Recorder:
     ) -> None:
         try:
             size = os.path.getsize(path)
-            first, last = segment_span(path)
+            first, last = self.probe(path)
         except (OSError, Mp4Error) as failure:
             log.warn(
                 "stream {stream_id}: segment {path} not indexed: {failure}",

@@ -1,0 +1,329 @@
+"""The segmenter supervisor, driven with a fake process reactor and a clock."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from streamrec.recorder.command import SegmenterSettings, segmenter_args
+from streamrec.recorder.supervisor import (
+    RECONNECTING,
+    RECORDING,
+    STARTING,
+    STOPPED,
+    Backoff,
+    CannotStart,
+    Recorder,
+    explain,
+)
+from streamrec.sources import PROTOCOL_WHITELIST
+
+
+class FakeProcess:
+    def __init__(self, protocol: Any, args: list[str], path: str) -> None:
+        self.protocol = protocol
+        self.args = args
+        self.path = path
+        self.pid = 4242
+        self.signals: list[str] = []
+        self.ended = False
+
+    def signalProcess(self, name: str) -> None:
+        if self.ended:
+            raise ProcessExitedAlready()
+        self.signals.append(name)
+
+    # what the child does
+    def say(self, fd: int, text: str) -> None:
+        self.protocol.childDataReceived(fd, text.encode())
+
+    def opened(self) -> None:
+        self.say(3, "out_time_us=0\nprogress=continue\n")
+
+    def exit(self, code: int = 0, signal: int | None = None) -> None:
+        self.ended = True
+        if code == 0 and signal is None:
+            reason = Failure(ProcessDone(0))
+        else:
+            reason = Failure(ProcessTerminated(exitCode=code, signal=signal))
+        self.protocol.processEnded(reason)
+
+
+class ProcessReactor(MemoryReactorClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[FakeProcess] = []
+
+    def spawnProcess(self, protocol, executable, args, env=None, path=None, **kwargs):
+        process = FakeProcess(protocol, args, path)
+        self.processes.append(process)
+        protocol.makeConnection(process)
+        return process
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, float]] = []
+        self.closed_runs: list[tuple[int, str]] = []
+        self.segments: dict[int, list[Any]] = {}
+
+    async def open_run(self, stream_id: int, now: float) -> int:
+        self.runs.append((stream_id, now))
+        return len(self.runs)
+
+    async def close_run(self, run_id: int, now: float, reason: str) -> None:
+        self.closed_runs.append((run_id, reason))
+
+    async def add_segment(self, stream_id, run_id, path, start, end, size) -> int:
+        self.segments[len(self.segments) + 1] = [run_id, os.path.basename(path), start, end, size]
+        return len(self.segments)
+
+    async def shift_run(self, run_id: int, delta: float) -> None:
+        for segment in self.segments.values():
+            if segment[0] == run_id:
+                segment[2] += delta
+                segment[3] += delta
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str | None]] = []
+        self.segments: list[tuple[float, float]] = []
+
+    def segment_closed(self, stream_id, segment_id, path, start, end) -> None:
+        self.segments.append((start, end))
+
+    def state_changed(self, stream_id, state, error) -> None:
+        self.states.append((state, error))
+
+
+class RecorderTests(unittest.SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = ProcessReactor()
+        self.reactor.advance(1_000_000)
+        self.store = FakeStore()
+        self.listener = Listener()
+        self.data_dir = self.mktemp()
+        self.spans: dict[str, tuple[float, float]] = {}
+        self.recorder = Recorder(
+            7,
+            "rtsp://127.0.0.1:8554/cam",
+            reactor=self.reactor,
+            store=self.store,  # type: ignore[arg-type]
+            ffmpeg="/usr/bin/ffmpeg",
+            data_dir=self.data_dir,
+            listener=self.listener,
+            start_timeout=8,
+            kill_timeout=5,
+            backoff=Backoff(initial=1, factor=2, cap=30, jitter=0),
+            probe=self._probe,
+        )
+
+    def _probe(self, path: str) -> tuple[float, float]:
+        return self.spans[os.path.basename(path)]
+
+    def write_segment(self, process: FakeProcess, name: str, span: tuple[float, float]) -> None:
+        with open(os.path.join(process.path, name), "wb") as handle:
+            handle.write(b"\0" * 100)
+        self.spans[name] = span
+
+    def start(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self.recorder.start())
+
+    def test_command(self):
+        args = segmenter_args("ffmpeg", "rtsp://cam/x", SegmenterSettings(segment_seconds=2))
+        self.assertEqual(args[args.index("-protocol_whitelist") + 1], PROTOCOL_WHITELIST)
+        self.assertNotIn("file", PROTOCOL_WHITELIST.split(","))
+        self.assertEqual(args[args.index("-i") + 1], "rtsp://cam/x")
+        self.assertEqual(args[args.index("-rtsp_transport") + 1], "tcp")
+        self.assertEqual(args[args.index("-segment_list") + 1], "pipe:1")
+        self.assertIn("+frag_keyframe+empty_moov+default_base_moof", " ".join(args))
+        self.assertEqual(args[-1], "seg%06d.mp4")
+
+    def test_start_waits_for_the_source(self):
+        started = self.start()
+        self.assertNoResult(started)
+        self.assertEqual(self.recorder.state, STARTING)
+        [process] = self.reactor.processes
+        self.assertEqual(process.path, os.path.join(self.data_dir, "segments", "7", "1"))
+        self.assertTrue(os.path.isdir(process.path))
+        process.opened()
+        self.successResultOf(started)
+        self.assertEqual(self.recorder.state, RECORDING)
+
+    def test_start_answers_after_timeout_while_connecting(self):
+        started = self.start()
+        self.reactor.advance(7.9)
+        self.assertNoResult(started)
+        self.reactor.advance(0.2)
+        self.successResultOf(started)
+        self.assertEqual(self.recorder.state, STARTING)
+        self.assertTrue(self.recorder.wanted)
+
+    def test_start_failure_reports_ffmpeg_reason(self):
+        started = self.start()
+        [process] = self.reactor.processes
+        process.say(2, "ffmpeg version 5.1\n[tcp @ 0x1] Connection to tcp://127.0.0.1:8554 failed: Connection refused\n")
+        process.say(2, "rtsp://127.0.0.1:8554/cam: Connection refused\n")
+        process.exit(1)
+        failure = self.failureResultOf(started, CannotStart)
+        self.assertEqual(failure.value.reason, "rtsp://127.0.0.1:8554/cam: Connection refused")
+        self.assertEqual(self.recorder.state, STOPPED)
+        self.assertFalse(self.recorder.wanted)
+        self.reactor.advance(120)
+        self.assertEqual(len(self.reactor.processes), 1, "a failed start must not retry")
+
+    def test_segments_map_to_wall_clock(self):
+        t0 = self.reactor.seconds()
+        started = self.start()
+        [process] = self.reactor.processes
+        self.reactor.advance(0.5)
+        process.opened()
+        self.successResultOf(started)
+        # Media time 1.0 reported 1.2 s after launch (anchor <= t0 + 0.2), then a
+        # segment ending at 3.0 closes at +3.1: anchor = t0 + 0.1.
+        self.reactor.advance(0.7)
+        process.say(3, "out_time_us=1000000\nprogress=continue\n")
+        self.reactor.advance(1.9)
+        self.write_segment(process, "seg000000.mp4", (0.08, 2.48))
+        process.say(1, "seg000000.mp4,0.000000,3.000000\n")
+        self.assertEqual(len(self.store.segments), 1)
+        _, name, start, end, size = self.store.segments[1]
+        self.assertEqual((name, size), ("seg000000.mp4", 100))
+        self.assertAlmostEqual(end, t0 + 0.1 + 3.0, places=6)
+        self.assertAlmostEqual(end - start, 2.4, places=6)
+        # A report with less latency moves the whole run earlier.
+        self.reactor.advance(1.95)
+        process.say(3, "out_time_us=5000000\nprogress=continue\n")
+        _, _, start2, end2, _ = self.store.segments[1]
+        self.assertAlmostEqual(end2, t0 + 0.05 + 3.0, places=6)
+        self.write_segment(process, "seg000001.mp4", (0.08, 2.08))
+        self.reactor.advance(0.1)
+        process.say(1, "seg000001.mp4,3.000000,5.000000\n")
+        _, _, start3, end3, _ = self.store.segments[2]
+        self.assertAlmostEqual(start3, end2, places=6)
+        self.assertAlmostEqual(end3, t0 + 0.05 + 5.0, places=6)
+        self.assertEqual(len(self.listener.segments), 2)
+
+    def test_stop_interrupts_then_kills(self):
+        started = self.start()
+        [process] = self.reactor.processes
+        process.opened()
+        self.successResultOf(started)
+        stopped = defer.ensureDeferred(self.recorder.stop())
+        self.assertEqual(process.signals, ["INT"])
+        self.assertNoResult(stopped)
+        self.reactor.advance(5)
+        self.assertEqual(process.signals, ["INT", "KILL"])
+        process.exit(signal=9)
+        self.successResultOf(stopped)
+        self.assertEqual(self.recorder.state, STOPPED)
+        self.reactor.advance(100)
+        self.assertEqual(len(self.reactor.processes), 1)
+
+    def test_graceful_stop_indexes_last_segment(self):
+        started = self.start()
+        [process] = self.reactor.processes
+        process.opened()
+        self.successResultOf(started)
+        stopped = defer.ensureDeferred(self.recorder.stop())
+        self.write_segment(process, "seg000000.mp4", (0.0, 1.3))
+        process.say(1, "seg000000.mp4,0.000000,1.300000\n")
+        process.exit(255)
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.store.segments), 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_reconnects_with_capped_backoff(self):
+        started = self.start()
+        first = self.reactor.processes[0]
+        first.opened()
+        self.successResultOf(started)
+        first.say(2, "rtsp://cam: Connection timed out\n")
+        first.exit(1)
+        self.assertEqual(self.recorder.state, RECONNECTING)
+        self.assertEqual(self.recorder.last_error, "rtsp://cam: Connection timed out")
+        delays = []
+        for _ in range(8):
+            before = self.reactor.seconds()
+            count = len(self.reactor.processes)
+            while len(self.reactor.processes) == count:
+                self.reactor.advance(0.25)
+            delays.append(self.reactor.seconds() - before)
+            self.reactor.processes[-1].exit(1)
+        self.assertEqual(delays, [1, 2, 4, 8, 16, 30, 30, 30])
+        self.assertEqual(self.recorder.reconnects, 8)
+        # A run that records again resets the backoff.
+        while len(self.reactor.processes) == 9:
+            self.reactor.advance(0.25)
+        process = self.reactor.processes[-1]
+        process.opened()
+        self.assertEqual(self.recorder.state, RECORDING)
+        self.write_segment(process, "seg000000.mp4", (0.0, 2.0))
+        process.say(1, "seg000000.mp4,0.0,2.0\n")
+        process.exit(1)
+        before = self.reactor.seconds()
+        while len(self.reactor.processes) == 10:
+            self.reactor.advance(0.25)
+        self.assertEqual(self.reactor.seconds() - before, 1)
+        stopped = defer.ensureDeferred(self.recorder.stop())
+        self.reactor.processes[-1].exit(255)
+        self.successResultOf(stopped)
+
+    def test_stop_while_waiting_to_reconnect(self):
+        started = self.start()
+        self.reactor.processes[0].opened()
+        self.successResultOf(started)
+        self.reactor.processes[0].exit(1)
+        self.successResultOf(defer.ensureDeferred(self.recorder.stop()))
+        self.reactor.advance(100)
+        self.assertEqual(len(self.reactor.processes), 1)
+        self.assertEqual(self.recorder.state, STOPPED)
+
+    def test_killed_segmenter_keeps_partial_segment(self):
+        started = self.start()
+        process = self.reactor.processes[0]
+        process.opened()
+        self.successResultOf(started)
+        self.reactor.advance(2.05)
+        self.write_segment(process, "seg000000.mp4", (0.0, 2.0))
+        process.say(1, "seg000000.mp4,0.0,2.0\n")
+        self.write_segment(process, "seg000001.mp4", (0.0, 1.2))  # flushed before the kill
+        process.exit(signal=9)
+        self.assertEqual(len(self.store.segments), 2)
+        _, name, start, end, _ = self.store.segments[2]
+        self.assertEqual(name, "seg000001.mp4")
+        self.assertAlmostEqual(start, self.store.segments[1][3])
+        self.assertAlmostEqual(end - start, 1.2)
+        self.assertEqual(self.recorder.state, RECONNECTING)
+
+    def test_resume_retries_until_the_source_answers(self):
+        self.recorder.resume()
+        self.reactor.advance(0)
+        self.reactor.processes[0].exit(1)
+        self.assertEqual(self.recorder.state, RECONNECTING)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.reactor.processes[1].opened()
+        self.assertEqual(self.recorder.state, RECORDING)
+
+
+class ExplainTests(unittest.SynchronousTestCase):
+    def test_picks_the_error(self):
+        lines = [
+            "Input #0, rtsp, from 'rtsp://cam'",
+            "[rtsp @ 0x5] method DESCRIBE failed: 404 Not Found",
+            "rtsp://cam/x: Server returned 404 Not Found",
+            "",
+        ]
+        self.assertEqual(explain(lines), "rtsp://cam/x: Server returned 404 Not Found")
+
+    def test_falls_back_to_last_line(self):
+        self.assertEqual(explain(["a", "b", " "]), "b")
+        self.assertEqual(explain([]), "ffmpeg exited")
