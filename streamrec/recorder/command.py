@@ -9,9 +9,10 @@ from ..sources import input_options
 SEGMENT_PATTERN = "seg%06d.mp4"
 PROGRESS_FD = 3
 
-# Fragmented MP4: a killed ffmpeg keeps every flushed fragment (one per GOP),
-# and clips can be cut from the moof/trun sample tables without remuxing.
-FRAGMENTED_MP4 = "movflags=+frag_keyframe+empty_moov+default_base_moof"
+# Fragmented MP4: clips are cut from the moof/trun sample tables without
+# remuxing, and a killed ffmpeg leaves every fragment (one per GOP) on disk:
+# the segment's own muxer flushes each one as it is written.
+FRAGMENTED_MP4 = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1"
 
 
 @dataclass(frozen=True)

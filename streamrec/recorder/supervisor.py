@@ -140,6 +140,7 @@ class Run:
     directory: str
     started_at: float
     anchor: float | None = None
+    indexed_anchor: float | None = None
     last_media: float | None = None
     last_index: int = -1
     last_end: float | None = None
@@ -162,13 +163,10 @@ class Run:
 
     def observe(self, wall: float, media: float) -> None:
         bound = wall - media
-        if self.anchor is None:
+        if self.anchor is None or bound < self.anchor - 0.002:
             self.anchor = bound
-        elif bound < self.anchor - 0.002:
-            delta = self.anchor - bound
-            self.anchor = bound
-            if self.segments:
-                self._later(self.recorder.shift_run, self, delta)
+            if self.indexed_anchor is not None:
+                self._later(self.recorder.reanchor, self)
 
     def segment_line(self, line: str) -> None:
         try:
@@ -437,16 +435,19 @@ class Recorder:
             )
             return
         duration = last - first
-        if run.anchor is None:
-            run.anchor = run.started_at
+        if run.indexed_anchor is None:
+            run.indexed_anchor = run.anchor if run.anchor is not None else run.started_at
+        else:
+            await self.reanchor(run)
+        anchor = run.indexed_anchor
         if media_end is not None:
-            end = run.anchor + media_end
+            end = anchor + media_end
             start = run.last_end if run.last_end is not None else end - duration
         elif run.last_end is not None:
             start = run.last_end
             end = start + duration
         else:
-            end = run.anchor + (run.last_media or duration)
+            end = anchor + (run.last_media or duration)
             start = end - duration
         segment_id = await self.store.add_segment(
             self.stream_id, run.run_id, path, start, end, size
@@ -456,12 +457,19 @@ class Recorder:
         self.last_segment_at = end
         self.listener.segment_closed(self.stream_id, segment_id, path, start, end)
 
-    async def shift_run(self, run: Run, delta: float) -> None:
-        await self.store.shift_run(run.run_id, -delta)
+    async def reanchor(self, run: Run) -> None:
+        """Move the run's indexed segments to its better clock anchor."""
+        if run.indexed_anchor is None or run.anchor is None:
+            return
+        delta = run.anchor - run.indexed_anchor
+        if delta > -0.002:
+            return
+        run.indexed_anchor = run.anchor
+        await self.store.shift_run(run.run_id, delta)
         if run.last_end is not None:
-            run.last_end -= delta
+            run.last_end += delta
         if self.last_segment_at is not None and run is self.run:
-            self.last_segment_at -= delta
+            self.last_segment_at += delta
 
     async def _index_trailing(self, run: Run) -> None:
         """Index the segment ffmpeg was writing when it died without closing it."""
