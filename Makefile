@@ -7,7 +7,7 @@ VENV ?= .venv
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q . ruff
+	$(VENV)/bin/pip install -q ".[test]"
 
 # Install everything the tests need, then run them.
 test: install

@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         "postgresql": ["txpostgres>=1.7", "psycopg2-binary>=2.9"],
-        "test": ["ruff"],
+        "test": ["numpy", "ruff"],
     },
     entry_points={"console_scripts": []},
     classifiers=[

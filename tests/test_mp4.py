@@ -67,6 +67,7 @@ def recording(name: str, seconds: int = 12, bf: int = 0, audio: bool = True,
     if name in _RECORDINGS:
         return _RECORDINGS[name]
     directory = os.path.join(_WORKDIR, name)
+    shutil.rmtree(directory, ignore_errors=True)  # a failed earlier attempt
     os.makedirs(directory)
     cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", _NUMBERED]
     if audio:
