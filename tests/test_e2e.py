@@ -3,158 +3,18 @@ real files, clips checked by decoding the frame numbers the sources paint."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-from typing import Any, Awaitable, Callable
-from urllib.parse import urlencode
 
-import av
 import treq
-from twisted.internet import defer, reactor, task
-from twisted.trial import unittest
+from twisted.internet import defer
 
-from streamrec.service import Config, StreamrecService
-
-from .framecode import read_frame_number
+from .harness import FRAME, Service, ServiceTestCase, sleep, until
 from .livesource import FPS, RtspServer, UdpTsSource, free_port
 
-FRAME = 1.0 / FPS
 
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def until(
-    check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.25
-) -> Any:
-    """Poll ``check`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await sleep(interval)
-
-
-def decode(path: str) -> dict[str, Any]:
-    """What a player shows: frame numbers of the displayed frames, codecs, duration."""
-    with av.open(path) as container:
-        video = container.streams.video[0]
-        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
-        numbers = [
-            read_frame_number(frame)
-            for frame in container.decode(video=0)
-            if frame.pts is None or frame.pts >= 0
-        ]
-        duration = container.duration / av.time_base if container.duration else None
-        return {
-            "numbers": numbers,
-            "video": video.codec_context.name,
-            "audio": audio,
-            "duration": duration,
-        }
-
-
-class Service:
-    """A streamrec service in this process, on a free port, with its own data dir."""
-
-    def __init__(self, testcase: unittest.TestCase, data_dir: str | None = None) -> None:
-        self.data_dir = data_dir or testcase.mktemp()
-        self.service: StreamrecService | None = None
-        self.base = ""
-
-    async def start(self) -> "Service":
-        config = Config(
-            listen="tcp:0:interface=127.0.0.1",
-            data_dir=self.data_dir,
-            load_plugins=False,
-            start_timeout=10,
-        )
-        self.service = StreamrecService(config, reactor)
-        self.service.startService()
-        await self.service.ready
-        self.base = f"http://127.0.0.1:{self.service.port.getHost().port}"
-        return self
-
-    async def stop(self) -> None:
-        if self.service is not None and self.service.running:
-            await self.service.stopService()
-
-    async def call(self, method: str, path: str, **params: Any) -> tuple[int, Any]:
-        url = self.base + path + ("?" + urlencode(params) if params else "")
-        response = await treq.request(method, url, timeout=30, persistent=False)
-        return response.code, json.loads(await response.content())
-
-    async def ok(self, method: str, path: str, **params: Any) -> Any:
-        code, body = await self.call(method, path, **params)
-        if code != 200:
-            raise AssertionError(f"{method} {path} {params} -> {code} {body}")
-        return body
-
-    async def status(self, stream_id: int) -> dict[str, Any]:
-        return await self.ok("GET", f"/streams/{stream_id}/status")
-
-    async def recorded_until(self, stream_id: int, when: float, timeout: float = 30) -> None:
-        async def reached() -> bool:
-            last = (await self.status(stream_id))["recorded"]["last"]
-            return last is not None and last >= when
-
-        await until(reached, timeout, f"stream {stream_id} to record until {when:.2f}")
-
-    async def clip(self, stream_id: int, timeout: float = 30, **params: Any) -> dict[str, Any]:
-        """Ask for a clip and poll the same request until it is done."""
-
-        async def finished() -> Any:
-            job = await self.ok("GET", f"/streams/{stream_id}/get_clip", **params)
-            return job if job["status"] in ("done", "failed") else None
-
-        job = await until(finished, timeout, f"clip {params}", interval=0.2)
-        if job["status"] != "done":
-            raise AssertionError(f"clip failed: {job}")
-        return job
-
-    async def download(self, link: str, directory: str) -> str:
-        response = await treq.get(link, timeout=30, persistent=False)
-        if response.code != 200:
-            raise AssertionError(f"GET {link} -> {response.code}")
-        if response.headers.getRawHeaders(b"content-type") != [b"video/mp4"]:
-            raise AssertionError(f"{link} is not served as video/mp4")
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, link.rsplit("/", 1)[-1])
-        with open(path, "wb") as handle:
-            handle.write(await response.content())
-        return path
-
-
-class EndToEndTestCase(unittest.TestCase):
-    timeout = 180
-
-    def assertNear(self, first: float, second: float, tolerance: float, msg: Any = None) -> None:
-        if abs(first - second) > tolerance:
-            self.fail(f"{first!r} != {second!r} within {tolerance!r}" + (f": {msg}" if msg else ""))
-
-    async def service(self, data_dir: str | None = None) -> Service:
-        service = await Service(self, data_dir).start()
-        self.addCleanup(lambda: defer.ensureDeferred(service.stop()))
-        return service
-
-    async def fetch(self, service: Service, clip: dict[str, Any]) -> dict[str, Any]:
-        path = await service.download(clip["link"], self.mktemp())
-        decoded = decode(path)
-        numbers = decoded["numbers"]
-        self.assertTrue(numbers, f"{clip} shows no frame")
-        self.assertEqual(
-            numbers, list(range(numbers[0], numbers[0] + len(numbers))), "frames not consecutive"
-        )
-        return decoded
-
-
-class UdpRecordingTests(EndToEndTestCase):
+class UdpRecordingTests(ServiceTestCase):
     @defer.inlineCallbacks
     def test_record_and_cut_frame_exact_clips(self):
         yield defer.ensureDeferred(self._record_and_cut())
@@ -162,7 +22,9 @@ class UdpRecordingTests(EndToEndTestCase):
     async def _record_and_cut(self) -> None:
         source = UdpTsSource.running(self, audio="aac")
         service = await self.service()
-        stream_id = (await service.ok("POST", "/streams/create", url=source.url))["stream_id"]
+        stream_id = (await service.ok("POST", "/streams/create", url=source.url))[
+            "stream_id"
+        ]
         await service.ok("POST", f"/streams/{stream_id}/start")
         status = await service.status(stream_id)
         self.assertEqual(status["state"], "recording")
@@ -190,11 +52,15 @@ class UdpRecordingTests(EndToEndTestCase):
         source.refresh_t0()
         error = source.frame_time(shown["numbers"][0]) - start
         error_end = source.frame_time(shown["numbers"][-1]) + FRAME - (start + 4)
-        print(f"\nUDP clip: start error {error * 1000:+.0f} ms, end error {error_end * 1000:+.0f} ms")
+        print(
+            f"\nUDP clip: start error {error * 1000:+.0f} ms, end error {error_end * 1000:+.0f} ms"
+        )
         self.assertLess(abs(error), 0.3)
         self.assertLess(abs(error_end), 0.3)
         # Byte ranges on the clip link, as a <video> element asks for them.
-        response = await treq.get(clip["link"], headers={b"Range": [b"bytes=0-99"]}, persistent=False)
+        response = await treq.get(
+            clip["link"], headers={b"Range": [b"bytes=0-99"]}, persistent=False
+        )
         self.assertEqual(response.code, 206)
         self.assertEqual(len(await response.content()), 100)
         # Stop, wait, start again: a clip across the gap has two parts.
@@ -203,7 +69,9 @@ class UdpRecordingTests(EndToEndTestCase):
         await sleep(2)
         await service.ok("GET", f"/streams/{stream_id}/start")
         await until(
-            lambda: self._recorded_after(service, stream_id, stopped + 4), 30, "recording again"
+            lambda: self._recorded_after(service, stream_id, stopped + 4),
+            30,
+            "recording again",
         )
         job = await service.clip(stream_id, start=stopped - 3, stop=stopped + 4)
         self.assertEqual(len(job["clips"]), 2, job)
@@ -215,7 +83,9 @@ class UdpRecordingTests(EndToEndTestCase):
     async def _first_segment(self, service: Service, stream_id: int) -> float | None:
         return (await service.status(stream_id))["recorded"]["first"]
 
-    async def _recorded_after(self, service: Service, stream_id: int, when: float) -> bool:
+    async def _recorded_after(
+        self, service: Service, stream_id: int, when: float
+    ) -> bool:
         last = (await service.status(stream_id))["recorded"]["last"]
         return last is not None and last > when
 
@@ -226,15 +96,21 @@ class UdpRecordingTests(EndToEndTestCase):
     async def _killed_segmenter(self) -> None:
         source = UdpTsSource.running(self, audio=None)
         service = await self.service()
-        stream_id = (await service.ok("GET", "/streams/create", url=source.url))["stream_id"]
+        stream_id = (await service.ok("GET", "/streams/create", url=source.url))[
+            "stream_id"
+        ]
         await service.ok("GET", f"/streams/{stream_id}/start")
         recorder = service.service.streams.recorders[stream_id]
-        await until(lambda: self._first_segment(service, stream_id), 20, "the first segment")
+        await until(
+            lambda: self._first_segment(service, stream_id), 20, "the first segment"
+        )
         await sleep(2.5)
         killed_at = time.time()
         os.kill(recorder.process.pid, signal.SIGKILL)
         await until(
-            lambda: self._recorded_after(service, stream_id, killed_at + 3), 40, "recording again"
+            lambda: self._recorded_after(service, stream_id, killed_at + 3),
+            40,
+            "recording again",
         )
         status = await service.status(stream_id)
         self.assertEqual(status["state"], "recording")
@@ -245,18 +121,22 @@ class UdpRecordingTests(EndToEndTestCase):
         before, after = job["clips"]
         # What was flushed before the kill is kept: up to the last whole GOP.
         self.assertGreater(before["stop"], killed_at - 1.1)
-        print(f"\nkill -9 of ffmpeg: kept until {before['stop'] - killed_at:+.2f} s, "
-              f"gap {after['start'] - before['stop']:.2f} s")
+        print(
+            f"\nkill -9 of ffmpeg: kept until {before['stop'] - killed_at:+.2f} s, "
+            f"gap {after['start'] - before['stop']:.2f} s"
+        )
         shown = await self.fetch(service, before)
         self.assertNear(len(shown["numbers"]), before["duration"] * FPS, 1)
 
 
-class StartFailureTests(EndToEndTestCase):
+class StartFailureTests(ServiceTestCase):
     @defer.inlineCallbacks
     def test_unreachable_camera(self):
         service = yield defer.ensureDeferred(self.service())
         url = f"rtsp://127.0.0.1:{free_port()}/nothing"
-        body = yield defer.ensureDeferred(service.ok("POST", "/streams/create", url=url))
+        body = yield defer.ensureDeferred(
+            service.ok("POST", "/streams/create", url=url)
+        )
         stream_id = body["stream_id"]
         code, answer = yield defer.ensureDeferred(
             service.call("POST", f"/streams/{stream_id}/start")
@@ -272,7 +152,7 @@ class StartFailureTests(EndToEndTestCase):
         self.assertEqual((code, answer), (500, {"error_message": "Stream not started"}))
 
 
-class RtspTests(EndToEndTestCase):
+class RtspTests(ServiceTestCase):
     @defer.inlineCallbacks
     def test_cameras_with_aac_and_g711(self):
         yield defer.ensureDeferred(self._cameras())
@@ -293,14 +173,16 @@ class RtspTests(EndToEndTestCase):
             [clip] = job["clips"]
             shown = await self.fetch(service, clip)
             expected_audio = None if mount == "h264" else "aac"
-            self.assertEqual((shown["video"], shown["audio"]), ("h264", expected_audio), mount)
+            self.assertEqual(
+                (shown["video"], shown["audio"]), ("h264", expected_audio), mount
+            )
             self.assertNear(len(shown["numbers"]), 4 * FPS, 1, mount)
             error = camera.frame_time(shown["numbers"][0]) - (started + 1.3)
             print(f"\nRTSP {mount}: start error {error * 1000:+.0f} ms")
             self.assertLess(abs(error), 0.5, mount)
 
 
-class RestartTests(EndToEndTestCase):
+class RestartTests(ServiceTestCase):
     @defer.inlineCallbacks
     def test_started_streams_record_again_after_a_restart(self):
         yield defer.ensureDeferred(self._restart())
@@ -310,7 +192,9 @@ class RestartTests(EndToEndTestCase):
         data_dir = self.mktemp()
         first = await Service(self, data_dir).start()
         try:
-            stream_id = (await first.ok("POST", "/streams/create", url=source.url))["stream_id"]
+            stream_id = (await first.ok("POST", "/streams/create", url=source.url))[
+                "stream_id"
+            ]
             await first.ok("POST", f"/streams/{stream_id}/start")
             began = time.time()
             await first.recorded_until(stream_id, began + 2)
