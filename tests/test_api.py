@@ -47,7 +47,9 @@ class FakeEncoder:
     options = ("speed",)
 
 
-class APITestCase(unittest.TestCase):
+class APIBase(unittest.TestCase):
+    """A real Klein app over a real SQLite store, with fake recorders."""
+
     def setUp(self) -> None:
         directory = self.mktemp()
         os.makedirs(directory)
@@ -101,6 +103,9 @@ class APITestCase(unittest.TestCase):
         self.assertEqual(code, 200, body)
         return body["stream_id"]
 
+
+
+class APITestCase(APIBase):
     # -- create ---------------------------------------------------------
     @defer.inlineCallbacks
     def test_create_every_way(self):
@@ -336,3 +341,37 @@ class APITestCase(unittest.TestCase):
         self.assertEqual(response.code, 400)
         body = yield response.json()
         self.assertEqual(body, {"error_message": "Request body is not valid JSON"})
+
+
+class FailingRecorder(FakeRecorder):
+    async def stop(self) -> None:
+        raise OSError("cannot signal ffmpeg")
+
+
+class APIFailureTests(APIBase):
+    """The seed's 500s for a segmenter or store that fails under the API."""
+
+    def _make_recorder(self, stream: Any, listener: Any) -> FakeRecorder:
+        recorder = self.recorders[stream.id] = FailingRecorder()
+        return recorder
+
+    @defer.inlineCallbacks
+    def test_cannot_stop_stream(self):
+        stream_id = yield defer.ensureDeferred(self.create())
+        yield defer.ensureDeferred(self.call("POST", f"/streams/{stream_id}/start"))
+        code, answer = yield defer.ensureDeferred(self.call("POST", f"/streams/{stream_id}/stop"))
+        self.assertEqual(code, 500)
+        self.assertEqual(answer["error_message"], "Cannot stop stream")
+        self.assertIn("cannot signal ffmpeg", answer["reason"])
+        self.flushLoggedErrors(OSError)
+
+    @defer.inlineCallbacks
+    def test_cannot_get_stream_status(self):
+        stream_id = yield defer.ensureDeferred(self.create())
+        self.patch(self.store, "totals", self._broken)
+        code, answer = yield defer.ensureDeferred(self.call("GET", f"/streams/{stream_id}/status"))
+        self.assertEqual((code, answer), (500, {"error_message": "Cannot get stream status"}))
+        self.flushLoggedErrors(OSError)
+
+    async def _broken(self, stream_id: int) -> None:
+        raise OSError("database is locked")
