@@ -69,16 +69,22 @@ def read_params(request: IRequest) -> dict[str, str]:
     return params
 
 
-def parse_time(params: dict[str, str], name: str, required: bool) -> float | None:
+def parse_number(
+    params: dict[str, str], name: str, required: bool = False, what: str = "a number"
+) -> float | None:
     raw = params.get(name, "").strip()
     if not raw:
         if required:
-            raise ApiError(400, f"Parameter '{name}' is required (a POSIX timestamp)")
+            raise ApiError(400, f"Parameter '{name}' is required ({what})")
         return None
     try:
         return float(raw)
     except ValueError:
-        raise ApiError(400, f"Parameter '{name}' must be a POSIX timestamp, got {raw!r}") from None
+        raise ApiError(400, f"Parameter '{name}' must be {what}, got {raw!r}") from None
+
+
+def parse_time(params: dict[str, str], name: str, required: bool) -> float | None:
+    return parse_number(params, name, required, "a POSIX timestamp")
 
 
 def parse_id(stream_id: str) -> int:
@@ -129,10 +135,13 @@ class StreamrecAPI:
         url = params.get("url", "").strip()
         if not url:
             raise ApiError(500, "URL cannot be empty")
+        max_age = parse_number(params, "max_age")
         try:
-            stream_id = await self.streams.create(url, params.get("description", ""))
+            stream_id = await self.streams.create(url, params.get("description", ""), max_age)
         except InvalidSource as error:
             raise ApiError(400, f"Invalid URL: {error}") from None
+        except BadRequest as error:
+            raise ApiError(400, str(error)) from None
         return json_response(request, {"stream_id": stream_id})
 
     @app.route("/streams/<stream_id>/start", methods=["GET", "POST"])

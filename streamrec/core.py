@@ -54,6 +54,7 @@ class Streams:
         default_encoder: str,
         max_clip_seconds: float,
         wake_worker: Callable[[], None] = lambda: None,
+        space_short: Callable[[], Any] = lambda: None,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -63,6 +64,7 @@ class Streams:
         self.default_encoder = default_encoder
         self.max_clip_seconds = max_clip_seconds
         self.wake_worker = wake_worker
+        self.space_short = space_short
         self.recorders: dict[int, Recorder] = {}
 
     def now(self) -> float:
@@ -104,10 +106,15 @@ class Streams:
             d.addErrback(lambda f: log.failure("cannot record the last error", f))
         self.notify("stream_state_changed", stream_id=stream_id, state=state, error=error)
 
+    def disk_full(self, stream_id: int) -> None:
+        self.space_short()
+
     # -- the API's calls --------------------------------------------------------
-    async def create(self, url: str, description: str) -> int:
+    async def create(self, url: str, description: str, max_age: float | None = None) -> int:
         validate_source_url(url)
-        return await self.store.create_stream(url, description, self.now())
+        if max_age is not None and not (math.isfinite(max_age) and max_age > 0):
+            raise BadRequest("max_age must be a positive number of seconds")
+        return await self.store.create_stream(url, description, self.now(), max_age)
 
     async def list(self) -> list[dict[str, Any]]:
         return [await self._status(stream) for stream in await self.store.list_streams()]
@@ -127,6 +134,7 @@ class Streams:
             "start_date": stream.start_date,
             "stop_date": stream.stop_date,
             "started": stream.wanted,
+            "max_age": stream.max_age,
             "state": live.get("state", "stopped"),
             "last_error": live.get("last_error") or stream.last_error,
             "reconnects": live.get("reconnects", 0),

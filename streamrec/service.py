@@ -11,13 +11,18 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from twisted.internet.threads import deferToThreadPool
+
 from .api import StreamrecAPI
 from .clips.worker import ClipWorker
 from .core import Streams
 from .ffmpeg import find_ffmpeg
+from .janitor import Janitor, Retention
 from .plugins import PluginContext, collect, get_plugin_manager, notify, plugin_names
 from .recorder.command import SegmenterSettings
-from .recorder.supervisor import Recorder
+from .recorder.supervisor import Backoff, Recorder
+from .recorder.validate import validate_segment
+from .recovery import recover
 from .store import Stream, open_store
 
 log = Logger(namespace="streamrec.service")
@@ -37,6 +42,12 @@ class Config:
     max_clip_seconds: float = 4 * 3600.0
     clip_workers: int = 2
     load_plugins: bool = True
+    max_age: float = 0.0
+    max_bytes: int = 0
+    min_free: int = 1 << 30
+    clip_ttl: float = 7 * 86400.0
+    retention_interval: float = 60.0
+    reconnect_max: float = 30.0
 
 
 class ConfigError(ValueError):
@@ -70,6 +81,7 @@ class StreamrecService(MultiService):
         self.storage: Any = None
         self.encoders: dict[str, Any] = {}
         self.worker: ClipWorker | None = None
+        self.janitor: Janitor | None = None
         self.port: Any = None
         self.streams = Streams(
             reactor=reactor,
@@ -80,6 +92,7 @@ class StreamrecService(MultiService):
             default_encoder=config.encoder,
             max_clip_seconds=config.max_clip_seconds,
             wake_worker=self._wake_worker,
+            space_short=self._space_short,
         )
         self.api = StreamrecAPI(self.streams, self._clip_files, self._plugins)
         self.ready: defer.Deferred[None] = defer.Deferred()
@@ -98,11 +111,20 @@ class StreamrecService(MultiService):
             listener=listener,
             settings=SegmenterSettings(segment_seconds=self.config.segment_seconds),
             start_timeout=self.config.start_timeout,
+            backoff=Backoff(cap=self.config.reconnect_max),
+            run_blocking=self._in_thread,
         )
+
+    def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
 
     def _wake_worker(self) -> None:
         if self.worker is not None:
             self.worker.wake()
+
+    def _space_short(self) -> None:
+        if self.janitor is not None and self.janitor.running:
+            self.janitor.run_now()
 
     def _clip_files(self) -> Any:
         return self.storage.resource() if self.storage is not None else None
@@ -132,6 +154,22 @@ class StreamrecService(MultiService):
     async def _start(self) -> None:
         version = await self.store.migrate()
         log.info("database schema version {version}", version=version)
+        report = await recover(
+            reactor=self.reactor,
+            store=self.store,
+            data_dir=self.data_dir,
+            validate=validate_segment,
+            max_duration=10 * self.config.segment_seconds + 10,
+            run_blocking=self._in_thread,
+        )
+        if report.indexed or report.quarantined or report.orphans:
+            log.info(
+                "recovery: {indexed} segments indexed from disk, {bad} quarantined,"
+                " {orphans} leftover segmenters ended",
+                indexed=len(report.indexed),
+                bad=len(report.quarantined),
+                orphans=len(report.orphans),
+            )
         site = Site(self.api.resource())
         site.displayTracebacks = False
         endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
@@ -157,6 +195,21 @@ class StreamrecService(MultiService):
             concurrency=self.config.clip_workers,
         )
         self.worker.setServiceParent(self)
+        self.janitor = Janitor(
+            reactor=self.reactor,
+            store=self.store,
+            storage=self.storage,
+            data_dir=self.data_dir,
+            retention=Retention(
+                max_age=self.config.max_age,
+                max_bytes=self.config.max_bytes,
+                min_free_bytes=self.config.min_free,
+                clip_ttl=self.config.clip_ttl,
+                interval=self.config.retention_interval,
+            ),
+            in_use=self.worker.paths_in_use,
+        )
+        self.janitor.setServiceParent(self)
         await self.streams.resume_all()
         log.info(
             "streamrec listening on {listen}, links under {url}, data in {data}",

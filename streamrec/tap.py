@@ -17,6 +17,36 @@ def _float(value: Any) -> float:
     return float(value)
 
 
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size(value: Any) -> int:
+    """A byte count: ``1073741824``, ``500M``, ``1.5G``."""
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in UNITS and text[-1:] else ""
+    number = text[: -1] if unit else text
+    try:
+        result = int(float(number) * UNITS[unit])
+    except ValueError:
+        raise ValueError(f"not a size: {value!r} (use e.g. 500M or 2G)") from None
+    if result < 0:
+        raise ValueError(f"a size cannot be negative: {value!r}")
+    return result
+
+
+def duration(value: Any) -> float:
+    """Seconds, or a number with s/m/h/d: ``30d``, ``12h``."""
+    text = str(value).strip().lower()
+    factor = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:], None)
+    try:
+        result = float(text[:-1]) * factor if factor else float(text)
+    except ValueError:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 3600, 12h or 30d)") from None
+    if result < 0:
+        raise ValueError(f"a duration cannot be negative: {value!r}")
+    return result
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -66,6 +96,42 @@ class Options(usage.Options):
             _float,
         ],
         ["clip-workers", None, DEFAULTS.clip_workers, "Clips built at once.", int],
+        [
+            "max-age",
+            None,
+            DEFAULTS.max_age,
+            "Delete segments older than this (seconds or 12h/30d; 0 keeps them).",
+            duration,
+        ],
+        [
+            "max-bytes",
+            None,
+            DEFAULTS.max_bytes,
+            "Byte budget for all segments (e.g. 500G; 0: none).",
+            size,
+        ],
+        [
+            "min-free",
+            None,
+            DEFAULTS.min_free,
+            "Free space kept on the data disk, deleting oldest segments (e.g. 1G).",
+            size,
+        ],
+        ["clip-ttl", None, DEFAULTS.clip_ttl, "Delete finished clips after this long.", duration],
+        [
+            "retention-interval",
+            None,
+            DEFAULTS.retention_interval,
+            "Seconds between retention sweeps.",
+            duration,
+        ],
+        [
+            "reconnect-max",
+            None,
+            DEFAULTS.reconnect_max,
+            "Longest wait between reconnection attempts, in seconds.",
+            duration,
+        ],
     ]
     optFlags = [
         ["no-plugins", None, "Do not load installed plugins (entry points)."],

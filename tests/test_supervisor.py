@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from streamrec.recorder.command import SegmenterSettings, segmenter_args
 from streamrec.recorder.supervisor import (
+    DISK_FULL,
     RECONNECTING,
     RECORDING,
     STARTING,
@@ -22,6 +23,7 @@ from streamrec.recorder.supervisor import (
     Recorder,
     explain,
 )
+from streamrec.recorder.validate import InvalidSegment
 from streamrec.sources import PROTOCOL_WHITELIST
 
 
@@ -102,8 +104,11 @@ class Listener:
     def state_changed(self, stream_id, state, error) -> None:
         self.states.append((state, error))
 
+    def disk_full(self, stream_id) -> None:
+        self.states.append(("disk_full called", None))
 
-class RecorderTests(unittest.SynchronousTestCase):
+
+class RecorderBase(unittest.SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = ProcessReactor()
         self.reactor.advance(1_000_000)
@@ -122,11 +127,15 @@ class RecorderTests(unittest.SynchronousTestCase):
             start_timeout=8,
             kill_timeout=5,
             backoff=Backoff(initial=1, factor=2, cap=30, jitter=0),
-            probe=self._probe,
+            validate=self._validate,
+            run_blocking=defer.maybeDeferred,
         )
 
-    def _probe(self, path: str) -> tuple[float, float]:
-        return self.spans[os.path.basename(path)]
+    def _validate(self, path: str, max_duration: float) -> tuple[float, float]:
+        name = os.path.basename(path)
+        if name not in self.spans:
+            raise InvalidSegment(f"{path}: no complete fragment")
+        return self.spans[name]
 
     def write_segment(self, process: FakeProcess, name: str, span: tuple[float, float]) -> None:
         with open(os.path.join(process.path, name), "wb") as handle:
@@ -136,6 +145,9 @@ class RecorderTests(unittest.SynchronousTestCase):
     def start(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self.recorder.start())
 
+
+
+class RecorderTests(RecorderBase):
     def test_command(self):
         args = segmenter_args("ffmpeg", "rtsp://cam/x", SegmenterSettings(segment_seconds=2))
         self.assertEqual(args[args.index("-protocol_whitelist") + 1], PROTOCOL_WHITELIST)
@@ -327,3 +339,54 @@ class ExplainTests(unittest.SynchronousTestCase):
     def test_falls_back_to_last_line(self):
         self.assertEqual(explain(["a", "b", " "]), "b")
         self.assertEqual(explain([]), "ffmpeg exited")
+
+
+class RecorderFaultTests(RecorderBase):
+    """The watchdog, bad segments and a full disk."""
+
+    def opened(self) -> FakeProcess:
+        started = self.start()
+        process = self.reactor.processes[-1]
+        process.opened()
+        self.successResultOf(started)
+        return process
+
+    def test_watchdog_restarts_a_stalled_segmenter(self):
+        process = self.opened()
+        self.reactor.advance(self.recorder.stall_timeout - 1)
+        self.write_segment(process, "seg000000.mp4", (0.0, 2.0))
+        process.say(1, "seg000000.mp4,0.0,2.0\n")
+        self.reactor.advance(self.recorder.stall_timeout - 1)
+        self.assertEqual(process.signals, [])
+        self.reactor.advance(1)
+        self.assertEqual(process.signals, ["INT"])
+        self.reactor.advance(self.recorder.kill_timeout)
+        self.assertEqual(process.signals, ["INT", "KILL"])
+        process.exit(signal=9)
+        self.assertEqual(self.recorder.state, RECONNECTING)
+        self.assertIn("no new segment", self.recorder.last_error)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.processes), 2)
+
+    def test_bad_segment_is_quarantined_not_indexed(self):
+        process = self.opened()
+        path = os.path.join(process.path, "seg000000.mp4")
+        with open(path, "wb") as handle:
+            handle.write(b"garbage")
+        process.say(1, "seg000000.mp4,0.0,2.0\n")
+        self.assertEqual(self.store.segments, {})
+        self.assertFalse(os.path.exists(path))
+        moved = os.path.join(self.data_dir, "quarantine", "7", "1", "seg000000.mp4")
+        with open(moved, "rb") as handle:
+            self.assertEqual(handle.read(), b"garbage")
+
+    def test_disk_full_is_a_state_and_retries(self):
+        process = self.opened()
+        process.say(2, "[segment @ 0x1] Failure occurred when ending segment 'seg000003.mp4'\n")
+        process.say(2, "av_interleaved_write_frame(): No space left on device\n")
+        process.exit(1)
+        self.assertEqual(self.recorder.state, DISK_FULL)
+        self.assertIn("No space left on device", self.recorder.last_error)
+        self.assertIn(("disk_full called", None), self.listener.states)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.processes), 2)

@@ -48,6 +48,7 @@ class ClipWorker(Service):
         self.poll_interval = poll_interval
         self.late_grace = late_grace
         self.running_jobs: set[int] = set()
+        self.reading: dict[int, set[str]] = {}
         self._loop: task.LoopingCall | None = None
         self._ticking = False
 
@@ -99,8 +100,13 @@ class ClipWorker(Service):
             d.addErrback(lambda f: log.failure("clip job crashed", f))
             d.addBoth(self._finished, job.id)
 
+    def paths_in_use(self) -> set[str]:
+        """Segment files that jobs being built are reading."""
+        return set().union(*self.reading.values())
+
     def _finished(self, _: object, job_id: int) -> None:
         self.running_jobs.discard(job_id)
+        self.reading.pop(job_id, None)
         self.wake()
 
     async def _ready(self, job: ClipJob) -> bool:
@@ -123,6 +129,7 @@ class ClipWorker(Service):
             if encoder is None:
                 raise LookupError(f"clip encoder {job.encoder!r} is not loaded")
             segments = await self.store.segments_between(job.stream_id, job.start, job.stop)
+            self.reading[job.id] = {segment.path for segment in segments}
             spans = plan_spans(segments, job.start, job.stop)
             for seq, span in enumerate(spans):
                 key = secrets.token_urlsafe(18) + ".mp4"

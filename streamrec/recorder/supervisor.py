@@ -27,9 +27,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..clips.mp4 import Mp4Error, segment_span
+from twisted.internet.threads import deferToThreadPool
+
 from ..store import SqlStore
 from .command import PROGRESS_FD, SegmenterSettings, segment_index, segment_name, segmenter_args
+from .validate import InvalidSegment, quarantine, validate_segment
 
 log = Logger(namespace="streamrec.recorder")
 
@@ -37,6 +39,9 @@ STOPPED = "stopped"
 STARTING = "starting"
 RECORDING = "recording"
 RECONNECTING = "reconnecting"
+DISK_FULL = "disk_full"
+
+DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded")
 
 ERROR_WORDS = (
     "error",
@@ -72,6 +77,8 @@ class RecorderListener(Protocol):
     ) -> None: ...
 
     def state_changed(self, stream_id: int, state: str, error: str | None) -> None: ...
+
+    def disk_full(self, stream_id: int) -> None: ...
 
 
 @dataclass
@@ -147,6 +154,8 @@ class Run:
     segments: int = 0
     opened: bool = False
     exited: bool = False
+    disk_full: bool = False
+    stall: str | None = None
     stderr_tail: list[str] = field(default_factory=list)
     waiters: list[defer.Deferred[None]] = field(default_factory=list)
     done: defer.Deferred[None] = field(default_factory=defer.Deferred)
@@ -190,6 +199,8 @@ class Run:
             self.recorder.run_opened(self)
 
     def log_line(self, line: str) -> None:
+        if any(words in line.lower() for words in DISK_FULL_WORDS):
+            self.disk_full = True
         self.stderr_tail.append(line)
         del self.stderr_tail[:-20]
         self.recorder.log_child(line)
@@ -216,8 +227,10 @@ class Recorder:
         settings: SegmenterSettings = SegmenterSettings(),
         start_timeout: float = 8.0,
         kill_timeout: float = 10.0,
+        stall_timeout: float | None = None,
         backoff: Backoff | None = None,
-        probe: Callable[[str], tuple[float, float]] = segment_span,
+        validate: Callable[[str, float], tuple[float, float]] = validate_segment,
+        run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.url = url
@@ -229,8 +242,10 @@ class Recorder:
         self.settings = settings
         self.start_timeout = start_timeout
         self.kill_timeout = kill_timeout
+        self.stall_timeout = stall_timeout or max(20.0, 5 * settings.segment_seconds)
         self.backoff = backoff or Backoff()
-        self.probe = probe
+        self.validate = validate
+        self.run_blocking = run_blocking or self._in_thread
         self.wanted = False
         self.state = STOPPED
         self.last_error: str | None = None
@@ -240,8 +255,12 @@ class Recorder:
         self.process: Any = None
         self._restart_call: IDelayedCall | None = None
         self._kill_call: IDelayedCall | None = None
+        self._stall_call: IDelayedCall | None = None
 
     # -- helpers ----------------------------------------------------------
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+
     def now(self) -> float:
         return self.reactor.seconds()
 
@@ -312,9 +331,9 @@ class Recorder:
             self._restart_call.cancel()
         self._restart_call = None
         run = self.run
+        self._disarm_watchdog()
         if run is not None and not run.exited and self.process is not None:
-            self._signal("INT")
-            self._kill_call = self.reactor.callLater(self.kill_timeout, self._signal, "KILL")
+            self._interrupt()
         if run is not None:
             await run.done
         if self._kill_call is not None and self._kill_call.active():
@@ -326,8 +345,33 @@ class Recorder:
     def _signal(self, name: str) -> None:
         try:
             self.process.signalProcess(name)
-        except error.ProcessExitedAlready:
+        except (error.ProcessExitedAlready, AttributeError):
             pass
+
+    def _interrupt(self) -> None:
+        """Ask ffmpeg to close its segment and exit; kill it if it does not."""
+        self._signal("INT")
+        if self._kill_call is None or not self._kill_call.active():
+            self._kill_call = self.reactor.callLater(self.kill_timeout, self._signal, "KILL")
+
+    def _arm_watchdog(self) -> None:
+        self._disarm_watchdog()
+        self._stall_call = self.reactor.callLater(self.stall_timeout, self._stalled)
+
+    def _disarm_watchdog(self) -> None:
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.cancel()
+        self._stall_call = None
+
+    def _stalled(self) -> None:
+        """No segment for too long while ffmpeg runs: restart it."""
+        self._stall_call = None
+        run = self.run
+        if run is None or run.exited or not self.wanted:
+            return
+        run.stall = f"no new segment for {self.stall_timeout:g} s: restarting ffmpeg"
+        log.warn("stream {stream_id}: {why}", stream_id=self.stream_id, why=run.stall)
+        self._interrupt()
 
     async def _launch(self) -> Run:
         run_id = await self.store.open_run(self.stream_id, self.now())
@@ -361,6 +405,7 @@ class Recorder:
         if run is not self.run:
             return
         self._set_state(RECORDING)
+        self._arm_watchdog()
         waiters, run.waiters = run.waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -368,9 +413,13 @@ class Recorder:
     async def run_ended(self, run: Run, reason: Failure) -> None:
         await self._index_trailing(run)
         exit_code = getattr(reason.value, "exitCode", None)
-        why = explain(run.stderr_tail)
+        why = run.stall or explain(run.stderr_tail)
         if run is self.run:
             self.process = None
+            self._disarm_watchdog()
+            if self._kill_call is not None and self._kill_call.active():
+                self._kill_call.cancel()
+            self._kill_call = None
         await self.store.close_run(run.run_id, self.now(), f"exit {exit_code}: {why}")
         waiters, run.waiters = run.waiters, []
         for waiter in waiters:
@@ -382,7 +431,11 @@ class Recorder:
             return
         if run.segments:
             self.backoff.reset()
-        self._set_state(RECONNECTING, why)
+        if run.disk_full:
+            self._set_state(DISK_FULL, f"disk full: {why}")
+            self.listener.disk_full(self.stream_id)
+        else:
+            self._set_state(RECONNECTING, why)
         self._schedule_restart()
 
     def _schedule_restart(self) -> None:
@@ -425,8 +478,13 @@ class Recorder:
     ) -> None:
         try:
             size = os.path.getsize(path)
-            first, last = self.probe(path)
-        except (OSError, Mp4Error) as failure:
+            first, last = await self.run_blocking(
+                self.validate, path, 10 * self.settings.segment_seconds + 10
+            )
+        except InvalidSegment as failure:
+            self._set_aside(path, str(failure))
+            return
+        except OSError as failure:
             log.warn(
                 "stream {stream_id}: segment {path} not indexed: {failure}",
                 stream_id=self.stream_id,
@@ -455,6 +513,8 @@ class Recorder:
         run.last_end = end
         run.segments += 1
         self.last_segment_at = end
+        if run is self.run and not run.exited:
+            self._arm_watchdog()
         self.listener.segment_closed(self.stream_id, segment_id, path, start, end)
 
     async def reanchor(self, run: Run) -> None:
@@ -470,6 +530,18 @@ class Recorder:
             run.last_end += delta
         if self.last_segment_at is not None and run is self.run:
             self.last_segment_at += delta
+
+    def _set_aside(self, path: str, why: str) -> None:
+        try:
+            where = quarantine(path, self.data_dir)
+        except OSError as failure:
+            where = f"(could not move it: {failure})"
+        log.warn(
+            "stream {stream_id}: bad segment quarantined to {where}: {why}",
+            stream_id=self.stream_id,
+            where=where,
+            why=why,
+        )
 
     async def _index_trailing(self, run: Run) -> None:
         """Index the segment ffmpeg was writing when it died without closing it."""

@@ -25,6 +25,7 @@ class Stream:
     stop_date: float | None
     wanted: bool
     last_error: str | None
+    max_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ JOB_PENDING = "pending"
 JOB_PROCESSING = "processing"
 JOB_DONE = "done"
 JOB_FAILED = "failed"
+JOB_EXPIRED = "expired"
 
 
 def _schema_files(dialect: str) -> list[tuple[int, str]]:
@@ -147,7 +149,9 @@ class SqlStore:
         return current
 
     # -- streams --------------------------------------------------------
-    _STREAM_COLUMNS = "id, url, description, create_date, start_date, stop_date, wanted, last_error"
+    _STREAM_COLUMNS = (
+        "id, url, description, create_date, start_date, stop_date, wanted, last_error, max_age"
+    )
 
     @staticmethod
     def _stream(row: Sequence[Any]) -> Stream:
@@ -160,13 +164,16 @@ class SqlStore:
             stop_date=row[5],
             wanted=bool(row[6]),
             last_error=row[7],
+            max_age=row[8],
         )
 
-    async def create_stream(self, url: str, description: str, now: float) -> int:
+    async def create_stream(
+        self, url: str, description: str, now: float, max_age: float | None = None
+    ) -> int:
         return await self._interaction(
             self._insert,
-            "INSERT INTO streams (url, description, create_date) VALUES (?, ?, ?)",
-            (url, description, now),
+            "INSERT INTO streams (url, description, create_date, max_age) VALUES (?, ?, ?, ?)",
+            (url, description, now, max_age),
         )
 
     async def get_stream(self, stream_id: int) -> Stream | None:
@@ -208,6 +215,70 @@ class SqlStore:
         await self._operation(
             "UPDATE runs SET ended_at = ?, exit_reason = ? WHERE id = ?", (now, reason, run_id)
         )
+
+    async def open_runs(self) -> list[tuple[int, int]]:
+        """``(run_id, stream_id)`` of runs never closed (the service died)."""
+        rows = await self._query("SELECT id, stream_id FROM runs WHERE ended_at IS NULL")
+        return [(row[0], row[1]) for row in rows]
+
+    async def run_stream(self, run_id: int) -> int | None:
+        rows = await self._query("SELECT stream_id FROM runs WHERE id = ?", (run_id,))
+        return rows[0][0] if rows else None
+
+    async def run_segments(self, run_id: int) -> list[Segment]:
+        rows = await self._query(
+            "SELECT id, stream_id, run_id, path, start_time, end_time, bytes FROM segments"
+            " WHERE run_id = ? ORDER BY start_time, id",
+            (run_id,),
+        )
+        return [Segment(*row) for row in rows]
+
+    async def oldest_segments(
+        self, limit: int, before: float | None = None, stream_id: int | None = None
+    ) -> list[Segment]:
+        """The oldest indexed segments (by end), optionally ending before ``before``."""
+        query = "SELECT id, stream_id, run_id, path, start_time, end_time, bytes FROM segments"
+        conditions, params = [], []
+        if before is not None:
+            conditions.append("end_time < ?")
+            params.append(before)
+        if stream_id is not None:
+            conditions.append("stream_id = ?")
+            params.append(stream_id)
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        rows = await self._query(query + " ORDER BY end_time, id LIMIT ?", (*params, limit))
+        return [Segment(*row) for row in rows]
+
+    async def delete_segments(self, segment_ids: Sequence[int]) -> None:
+        if segment_ids:
+            marks = ", ".join("?" for _ in segment_ids)
+            await self._operation(f"DELETE FROM segments WHERE id IN ({marks})", segment_ids)
+
+    async def segment_bytes(self) -> int:
+        rows = await self._query("SELECT COALESCE(SUM(bytes), 0) FROM segments")
+        return int(rows[0][0])
+
+    async def clips_created_before(self, before: float) -> list[tuple[int, str]]:
+        """``(job_id, storage_key)`` of clips of done jobs finished before ``before``."""
+        rows = await self._query(
+            "SELECT clips.job_id, clips.storage_key FROM clips JOIN clip_jobs"
+            " ON clips.job_id = clip_jobs.id WHERE clip_jobs.status = ?"
+            " AND clip_jobs.updated_at < ?",
+            (JOB_DONE, before),
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def _expire_job(self, txn: Any, job_id: int, now: float) -> None:
+        txn.execute(self._sql("DELETE FROM clips WHERE job_id = ?"), (job_id,))
+        txn.execute(
+            self._sql("UPDATE clip_jobs SET status = ?, updated_at = ? WHERE id = ?"),
+            (JOB_EXPIRED, now, job_id),
+        )
+
+    async def expire_job(self, job_id: int, now: float) -> None:
+        """The job's clips are gone; asking again builds it anew."""
+        await self._interaction(self._expire_job, job_id, now)
 
     async def add_segment(
         self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
@@ -296,9 +367,9 @@ class SqlStore:
         encoded = json.dumps(options, sort_keys=True)
         query = (
             f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE stream_id = ? AND start_time = ?"
-            " AND encoder = ? AND options = ? AND stop_given = ?"
+            " AND encoder = ? AND options = ? AND stop_given = ? AND status != ?"
         )
-        params: list[Any] = [stream_id, start, encoder, encoded, int(stop is not None)]
+        params: list[Any] = [stream_id, start, encoder, encoded, int(stop is not None), JOB_EXPIRED]
         if stop is not None:
             query += " AND stop_time = ?"
             params.append(stop)

@@ -1,0 +1,173 @@
+"""Retention: old segments, the byte budget, free space on the data disk, old clips.
+
+Runs every ``interval`` seconds and on demand (a recorder hit a full disk).
+Deletes oldest first; never a segment that is still being written (those are
+not indexed yet) or that a clip job is reading.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from .store import Segment, SqlStore
+
+log = Logger(namespace="streamrec.janitor")
+
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class Retention:
+    max_age: float = 0.0  # seconds; 0 keeps segments forever (unless space runs short)
+    max_bytes: int = 0  # 0: no budget
+    min_free_bytes: int = 0  # keep at least this much free on the data disk
+    clip_ttl: float = 7 * 86400.0  # finished clips are deleted after this long
+    interval: float = 60.0
+
+
+def free_bytes(path: str) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+class Janitor(Service):
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        store: SqlStore,
+        storage: Any,
+        data_dir: str,
+        retention: Retention,
+        in_use: Callable[[], set[str]],
+        free: Callable[[str], int] = free_bytes,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.storage = storage
+        self.data_dir = data_dir
+        self.retention = retention
+        self.in_use = in_use
+        self.free = free
+        self.deleted_segments = 0
+        self.deleted_bytes = 0
+        self._loop: task.LoopingCall | None = None
+        self._sweeping: defer.Deferred[None] | None = None
+        self._again = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = task.LoopingCall(self.run_now)
+        self._loop.clock = self.reactor
+        self._loop.start(self.retention.interval, now=True)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self._sweeping
+
+    def run_now(self) -> defer.Deferred[None]:
+        """Sweep now (or right after the sweep under way); errors are logged."""
+        if self._sweeping is not None:
+            self._again = True
+            return self._sweeping
+        d = defer.ensureDeferred(self.sweep())
+        d.addErrback(lambda f: log.failure("retention sweep failed", f))
+        d.addBoth(self._swept)
+        self._sweeping = d
+        return d
+
+    def _swept(self, _: object) -> None:
+        self._sweeping = None
+        if self._again and self.running:
+            self._again = False
+            self.run_now()
+
+    async def sweep(self) -> None:
+        now = self.reactor.seconds()
+        for stream in await self.store.list_streams():
+            if stream.max_age:
+                await self._delete_while(lambda: True, before=now - stream.max_age, stream=stream.id)
+        if self.retention.max_age:
+            await self._delete_while(lambda: True, before=now - self.retention.max_age)
+        if self.retention.max_bytes:
+            total = await self.store.segment_bytes()
+            budget = {"over": total - self.retention.max_bytes}
+            await self._delete_while(lambda: budget["over"] > 0, budget=budget)
+        if self.retention.min_free_bytes:
+            await self._delete_while(
+                lambda: self.free(self.data_dir) < self.retention.min_free_bytes
+            )
+        await self._expire_clips(now)
+
+    async def _delete_while(
+        self,
+        needed: Callable[[], bool],
+        before: float | None = None,
+        stream: int | None = None,
+        budget: dict[str, int] | None = None,
+    ) -> None:
+        skipped: set[int] = set()
+        while needed():
+            batch = [
+                segment
+                for segment in await self.store.oldest_segments(
+                    BATCH + len(skipped), before=before, stream_id=stream
+                )
+                if segment.id not in skipped
+            ]
+            if not batch:
+                return
+            busy = self.in_use()
+            doomed: list[Segment] = []
+            for segment in batch:
+                if segment.path in busy:
+                    skipped.add(segment.id)
+                    continue
+                doomed.append(segment)
+                if budget is not None:
+                    budget["over"] -= segment.bytes
+                    if budget["over"] <= 0:
+                        break
+                elif before is None and len(doomed) >= 10:
+                    break  # free space: re-measure after a few
+            if not doomed:
+                return
+            await self._delete(doomed)
+
+    async def _delete(self, segments: list[Segment]) -> None:
+        await self.store.delete_segments([segment.id for segment in segments])
+        for segment in segments:
+            try:
+                os.remove(segment.path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                log.warn("cannot delete {path}: {error}", path=segment.path, error=error)
+            self.deleted_bytes += segment.bytes
+        self.deleted_segments += len(segments)
+        log.info(
+            "retention deleted {count} segments, oldest ending {when}",
+            count=len(segments),
+            when=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(segments[0].end)),
+        )
+
+    async def _expire_clips(self, now: float) -> None:
+        expired = await self.store.clips_created_before(now - self.retention.clip_ttl)
+        jobs: dict[int, list[str]] = {}
+        for job_id, key in expired:
+            jobs.setdefault(job_id, []).append(key)
+        for job_id, keys in jobs.items():
+            for key in keys:
+                await self.storage.delete_clip(key)
+            await self.store.expire_job(job_id, now)
+        if jobs:
+            log.info("expired the clips of {count} jobs", count=len(jobs))
