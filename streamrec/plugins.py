@@ -18,6 +18,7 @@ log = Logger(namespace="streamrec.plugins")
 DEFAULT_PLUGINS = (
     "streamrec.builtin.local_storage",
     "streamrec.builtin.fast_encoder",
+    "streamrec.builtin.transcode_encoder",
 )
 
 ENTRY_POINT_GROUP = "streamrec"

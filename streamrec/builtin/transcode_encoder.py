@@ -1,0 +1,62 @@
+"""Built-in clip encoder ``transcode``: the range re-encoded to H.264 + AAC.
+
+For H.265 cameras (whose clips most browsers cannot play), for tools that
+ignore edit lists, and for smaller files.  The output is a progressive MP4
+with no edit list: its first frame is the source frame displayed at
+``start``, its last the one displayed just before ``stop``.  Parameters
+(all optional, see :func:`streamrec.clips.reencode.video_options`): ``size``
+or ``width``/``height``, ``fps``, ``crf`` or ``video_bitrate``,
+``audio_bitrate``, ``preset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import hookimpl
+from ..clips.mp4 import ClipResult
+from ..clips.reencode import VIDEO_OPTIONS, VideoOptions, reencode, video_options
+from ..plugins import EncodeRequest, PluginContext
+
+
+def video_filters(choice: VideoOptions) -> list[str]:
+    filters = []
+    if choice.fps is not None:
+        # round=up: each output frame is the source frame displayed at its instant.
+        filters.append(f"fps={choice.fps:g}:round=up")
+    scale = choice.scale_filter()
+    if scale is not None:
+        filters.append(scale)
+    return filters
+
+
+class TranscodeEncoder:
+    """ffmpeg re-encode of the exact range to H.264 (libx264) + AAC."""
+
+    #: The request parameters this encoder takes (get_clip keeps only these).
+    options = VIDEO_OPTIONS
+
+    def __init__(self, context: PluginContext) -> None:
+        self.reactor = context.reactor
+        self.ffmpeg = context.ffmpeg
+
+    def validate(self, options: dict[str, str]) -> VideoOptions:
+        """Raise :class:`streamrec.clips.reencode.OptionError` on a bad value."""
+        return video_options(options)
+
+    async def encode(self, request: EncodeRequest) -> ClipResult:
+        choice = self.validate(request.options)
+        return await reencode(
+            self.reactor,
+            self.ffmpeg,
+            request,
+            video_filters=video_filters(choice),
+            video_args=choice.x264_args(),
+            audio_args=choice.aac_args(),
+        )
+
+
+@hookimpl(trylast=True)
+def register_clip_encoders(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    register("transcode", TranscodeEncoder)

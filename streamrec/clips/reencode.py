@@ -1,0 +1,448 @@
+"""Re-encoding a clip with ffmpeg, run as a Twisted child process.
+
+Encoders that change the pictures (the built-in ``transcode``, plugins such
+as ``timelapse``) share this module.  :func:`reencode` does the whole job:
+
+1. builds the frame-exact copy clip with :func:`streamrec.clips.mp4.build_clip`
+   (in the reactor's thread pool) to a scratch file next to ``out_path``.
+   That clip's edit list starts it at the requested instant, and its last
+   video sample is the one shown just before ``stop``; ffmpeg's decoder
+   honours the edit list (the lead-in from the keyframe is decoded and
+   dropped), so the first frame it hands the encoder is the one displayed at
+   ``start``;
+2. runs ffmpeg on it (``reactor.spawnProcess``, never blocking the reactor),
+   with ``-progress pipe:1`` parsed into ``request.progress(fraction)``;
+3. writes a progressive MP4 (``+faststart``) *without an edit list*: H.264
+   without B-frames (every frame's decode time is its presentation time, so
+   neither an edit list nor signed composition offsets are needed) and AAC
+   whose encoder delay is compensated by dropping that many input samples,
+   so sound stays in sync from the first sample;
+4. kills ffmpeg if the job is cancelled (the Deferred it awaits is
+   cancelled) or the reactor shuts down, and raises :class:`FfmpegFailed`
+   naming ffmpeg's own last error line when it fails.
+
+Option parsing helpers (:func:`video_options`) turn request parameters into
+ffmpeg arguments and raise :class:`OptionError` (a
+:class:`streamrec.core.BadRequest`) naming the bad parameter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..core import BadRequest
+from ..plugins import EncodeRequest
+from .mp4 import ClipResult, build_clip
+
+__all__ = [
+    "AAC_PRIMING_SAMPLES",
+    "FfmpegFailed",
+    "OptionError",
+    "ProgressProtocol",
+    "VIDEO_OPTIONS",
+    "VideoOptions",
+    "reencode",
+    "run_ffmpeg",
+    "video_options",
+]
+
+log = Logger(namespace="streamrec.clips.reencode")
+
+#: Samples of encoder delay ("priming") of ffmpeg's native AAC encoder.
+AAC_PRIMING_SAMPLES = 1024
+
+#: Seconds between SIGTERM and SIGKILL when ffmpeg is stopped.
+KILL_GRACE = 2.0
+
+#: libx264 presets, fastest first.
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+
+#: The request parameters :func:`video_options` understands.
+VIDEO_OPTIONS = (
+    "size",
+    "width",
+    "height",
+    "fps",
+    "crf",
+    "video_bitrate",
+    "audio_bitrate",
+    "preset",
+)
+
+
+class FfmpegFailed(RuntimeError):
+    """ffmpeg exited with an error; the message carries its reason."""
+
+
+class OptionError(BadRequest):
+    """A clip encoder parameter has a bad value; the message says which and why."""
+
+
+# --------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """Validated re-encoding choices (see :func:`video_options`)."""
+
+    width: int | None = None  # None: keep (or follow the other side's aspect)
+    height: int | None = None
+    fps: float | None = None  # None: the source's rate
+    crf: int = 23
+    video_bitrate: int | None = None  # bits/s; replaces crf when given
+    audio_bitrate: int = 96_000
+    preset: str = "veryfast"
+
+    def scale_filter(self) -> str | None:
+        if self.width is None and self.height is None:
+            return None
+        return f"scale={self.width or -2}:{self.height or -2}"
+
+    def x264_args(self) -> list[str]:
+        """libx264, no B-frames, 8-bit 4:2:0 (what every browser decodes)."""
+        args = ["-c:v", "libx264", "-preset", self.preset, "-bf", "0", "-pix_fmt", "yuv420p"]
+        if self.video_bitrate is not None:
+            rate = str(self.video_bitrate)
+            args += ["-b:v", rate, "-maxrate", rate, "-bufsize", str(2 * self.video_bitrate)]
+        else:
+            args += ["-crf", str(self.crf)]
+        return args + ["-x264-params", "log-level=error"]
+
+    def aac_args(self) -> list[str]:
+        return ["-c:a", "aac", "-b:a", str(self.audio_bitrate)]
+
+
+_BITRATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX:]\s*(\d+)\s*$")
+
+
+def _number(
+    options: Mapping[str, str], name: str, low: float, high: float, integer: bool
+) -> float | None:
+    raw = options.get(name)
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise OptionError(f"{name} must be {kind}, not {raw!r}") from None
+    if not low <= value <= high:  # also refuses nan
+        raise OptionError(f"{name} must be between {low:g} and {high:g}, not {raw}")
+    return value
+
+
+def _bitrate(options: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    raw = options.get(name)
+    if raw is None or str(raw).strip() == "":
+        return None
+    match = _BITRATE.match(str(raw))
+    if not match:
+        raise OptionError(f"{name} must be bits per second like 800k or 2M, not {raw!r}")
+    value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[match.group(2).lower()]
+    if not low <= value <= high:
+        raise OptionError(f"{name} must be between {low // 1000}k and {high // 10**6}M, not {raw}")
+    return int(value)
+
+
+def _even(name: str, value: float | None) -> int | None:
+    if value is None:
+        return None
+    if int(value) % 2:
+        raise OptionError(f"{name} must be even (H.264 4:2:0), not {int(value)}")
+    return int(value)
+
+
+def video_options(options: Mapping[str, str]) -> VideoOptions:
+    """Validate the re-encoding parameters of a clip request.
+
+    ``size`` (``WxH``) or ``width``/``height`` (even pixels, 16-7680 and
+    16-4320; one side alone keeps the aspect ratio), ``fps`` (1-120, default:
+    the source's), ``crf`` (0-51, default 23) or ``video_bitrate`` (e.g.
+    ``800k``, 50k-50M; not both), ``audio_bitrate`` (16k-512k, default 96k),
+    ``preset`` (a libx264 preset, default ``veryfast``).  Raises
+    :class:`OptionError` naming the first bad parameter.
+    """
+    width = _number(options, "width", 16, 7680, integer=True)
+    height = _number(options, "height", 16, 4320, integer=True)
+    size = options.get("size")
+    if size is not None and str(size).strip():
+        if width is not None or height is not None:
+            raise OptionError("give size or width/height, not both")
+        match = _SIZE.match(str(size))
+        if not match:
+            raise OptionError(f"size must be WIDTHxHEIGHT like 1280x720, not {size!r}")
+        width, height = (
+            _number({"width": match.group(1)}, "width", 16, 7680, integer=True),
+            _number({"height": match.group(2)}, "height", 16, 4320, integer=True),
+        )
+    fps = _number(options, "fps", 1, 120, integer=False)
+    crf = _number(options, "crf", 0, 51, integer=True)
+    video_bitrate = _bitrate(options, "video_bitrate", 50_000, 50_000_000)
+    if crf is not None and video_bitrate is not None:
+        raise OptionError("give crf or video_bitrate, not both")
+    audio_bitrate = _bitrate(options, "audio_bitrate", 16_000, 512_000)
+    preset = str(options.get("preset") or VideoOptions.preset).strip().lower()
+    if preset not in X264_PRESETS:
+        raise OptionError(f"preset must be one of {', '.join(X264_PRESETS)}, not {preset!r}")
+    return VideoOptions(
+        width=_even("width", width),
+        height=_even("height", height),
+        fps=fps,
+        crf=int(crf) if crf is not None else VideoOptions.crf,
+        video_bitrate=video_bitrate,
+        audio_bitrate=audio_bitrate or VideoOptions.audio_bitrate,
+        preset=preset,
+    )
+
+
+# --------------------------------------------------------------------------
+# The child process
+# --------------------------------------------------------------------------
+
+_LOG_PREFIX = re.compile(r"^(\[[^\]]+ @ 0x[0-9a-f]+\]\s*)+")
+
+
+class ProgressProtocol(ProcessProtocol):
+    """Talks to one ffmpeg run with ``-progress pipe:1``.
+
+    ``out_time_us`` lines on stdout become ``progress(fraction)`` calls
+    (``fraction`` = output time / ``duration``, increasing, at most 1.0);
+    the last stderr lines are kept for the error.  ``done`` fires with None
+    on exit status 0 and fails with :class:`FfmpegFailed` otherwise;
+    cancelling it stops the process (SIGTERM, then SIGKILL after
+    ``kill_grace`` seconds).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        duration: float,
+        progress: Callable[[float], None],
+        kill_grace: float = KILL_GRACE,
+    ) -> None:
+        self.reactor = reactor
+        self.duration = duration
+        self.progress = progress
+        self.kill_grace = kill_grace
+        self.done: defer.Deferred[None] = defer.Deferred(self._cancel)
+        self.fraction = 0.0
+        self.stderr_tail: deque[str] = deque(maxlen=20)
+        self._buffers = {1: b"", 2: b""}
+        self._kill_call: Any = None
+        self._ended = False
+
+    # -- output ----------------------------------------------------------
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD not in self._buffers:
+            return
+        lines = (self._buffers[childFD] + data).split(b"\n")
+        self._buffers[childFD] = lines.pop()
+        for line in lines:
+            self._line(childFD, line.decode("utf-8", "replace").strip())
+
+    def _line(self, fd: int, line: str) -> None:
+        if not line:
+            return
+        if fd == 2:
+            self.stderr_tail.append(_LOG_PREFIX.sub("", line))
+            return
+        key, _, value = line.partition("=")
+        if key in ("out_time_us", "out_time_ms"):  # both are microseconds
+            try:
+                seconds = int(value) / 1e6
+            except ValueError:  # "N/A" before the first frame
+                return
+            self._report(seconds / self.duration if self.duration > 0 else 0.0)
+        elif key == "progress" and value == "end":
+            self._report(1.0)
+
+    def _report(self, fraction: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if fraction > self.fraction:
+            self.fraction = fraction
+            try:
+                self.progress(fraction)
+            except Exception:
+                log.failure("progress callback failed")
+
+    # -- end ----------------------------------------------------------------
+    def processEnded(self, reason: Failure) -> None:
+        self._ended = True
+        for fd in list(self._buffers):
+            if self._buffers[fd]:
+                self._line(fd, self._buffers[fd].decode("utf-8", "replace").strip())
+                self._buffers[fd] = b""
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        if self.done.called:  # cancelled: the Deferred already failed
+            return
+        if reason.check(error.ProcessDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(FfmpegFailed(self.error_message(reason)))
+
+    def error_message(self, reason: Failure) -> str:
+        value = reason.value
+        code = getattr(value, "exitCode", None)
+        signal = getattr(value, "signal", None)
+        how = f"exit status {code}" if code is not None else f"signal {signal}"
+        lines = list(self.stderr_tail)
+        if not lines:
+            return f"ffmpeg failed ({how}) without a message"
+        last = lines[-1]
+        first = lines[0]
+        if first != last and len(lines) > 1:
+            return f"ffmpeg failed ({how}): {last} (first error: {first})"
+        return f"ffmpeg failed ({how}): {last}"
+
+    def _cancel(self, _: defer.Deferred[None]) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop ffmpeg: SIGTERM now, SIGKILL if still running after the grace time."""
+        if self._ended or self.transport is None:
+            return
+        self._signal("TERM")
+        if self._kill_call is None:
+            self._kill_call = self.reactor.callLater(self.kill_grace, self._signal, "KILL")
+
+    def _signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+
+def run_ffmpeg(
+    reactor: Any, args: Sequence[str], duration: float, progress: Callable[[float], None]
+) -> defer.Deferred[None]:
+    """Run ``args`` (ffmpeg first, with ``-progress pipe:1``) as a child process.
+
+    Returns a Deferred that fires when it exits successfully, fails with
+    :class:`FfmpegFailed`, and when cancelled stops the process.  A reactor
+    shutdown also stops it, so no ffmpeg outlives the service.
+    """
+    protocol = ProgressProtocol(reactor, duration, progress)
+    try:
+        reactor.spawnProcess(
+            protocol, args[0], list(args), env=None, childFDs={0: "w", 1: "r", 2: "r"}
+        )
+    except OSError as failure:
+        return defer.fail(FfmpegFailed(f"cannot run ffmpeg: {failure}"))
+    protocol.transport.closeStdin()
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", protocol.stop)
+
+    def forget(result: Any) -> Any:
+        reactor.removeSystemEventTrigger(trigger)
+        return result
+
+    return protocol.done.addBoth(forget)
+
+
+# --------------------------------------------------------------------------
+# The whole re-encode
+# --------------------------------------------------------------------------
+
+
+_INPUT_ARGS = (
+    "-hide_banner -nostdin -nostats -loglevel error -progress pipe:1 -y -protocol_whitelist file -i"
+).split()
+# No edit list, no metadata copied from the scratch clip, moov first.
+_OUTPUT_ARGS = (
+    "-map_metadata -1 -map_chapters -1 -use_editlist 0 -movflags +faststart -f mp4".split()
+)
+
+
+def _scratch_paths(out_path: str) -> tuple[str, str]:
+    """(exact copy clip, ffmpeg's output) next to ``out_path``, hidden."""
+    directory, name = os.path.split(os.path.abspath(out_path))
+    return (
+        os.path.join(directory, f".{name}.source.mp4"),
+        os.path.join(directory, f".{name}.part"),
+    )
+
+
+def _move_into_place(partial: str, out_path: str) -> int:
+    os.replace(partial, out_path)
+    return os.path.getsize(out_path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+async def reencode(
+    reactor: Any,
+    ffmpeg: str,
+    request: EncodeRequest,
+    *,
+    video_filters: Sequence[str] = (),
+    video_args: Sequence[str],
+    audio_args: Sequence[str] | None,
+    speed: float = 1.0,
+) -> ClipResult:
+    """Re-encode ``request``'s range into ``request.out_path``.
+
+    ``video_filters`` run on the exact frames of the range (the first is the
+    one displayed at ``request.start``, timestamps from 0); ``video_args`` are
+    the codec arguments (see :meth:`VideoOptions.x264_args`); ``audio_args``
+    the AAC arguments, or None to drop the sound.  ``speed`` is how much
+    shorter than the range the output is (for progress only).  Returns the
+    range actually covered (frame-snapped, as the copy clip's) and the size.
+    """
+    source, partial = _scratch_paths(request.out_path)
+    try:
+        exact: ClipResult = await deferToThreadPool(
+            reactor,
+            reactor.getThreadPool(),
+            build_clip,
+            request.pieces,
+            request.start,
+            request.stop,
+            source,
+        )
+        args = [ffmpeg, *_INPUT_ARGS, source, "-map", "0:v:0"]
+        if video_filters:
+            args += ["-filter:v", ",".join(video_filters)]
+        args += video_args
+        if audio_args is None:
+            args += ["-an"]
+        else:
+            # The AAC encoder's delay is not hidden by an edit list: feed it
+            # from that many samples on, so the first sound heard is in sync.
+            args += ["-map", "0:a:0?", "-filter:a", f"atrim=start_sample={AAC_PRIMING_SAMPLES}"]
+            args += audio_args
+        args += [*_OUTPUT_ARGS, partial]
+        await run_ffmpeg(reactor, args, exact.duration / speed, request.progress)
+        size = _move_into_place(partial, request.out_path)
+        return ClipResult(exact.start, exact.stop, exact.duration, size)
+    finally:
+        _remove(source)
+        _remove(partial)

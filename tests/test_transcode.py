@@ -1,0 +1,338 @@
+"""The ``transcode`` encoder: ffmpeg re-encodes as child processes, progress
+parsing, option validation, and end to end through the API with real sources."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Any
+
+from twisted.internet import defer, error, task
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from streamrec.builtin.transcode_encoder import TranscodeEncoder, video_filters
+from streamrec.clips.reencode import (
+    FfmpegFailed,
+    OptionError,
+    ProgressProtocol,
+    run_ffmpeg,
+    video_options,
+)
+from streamrec.core import BadRequest
+
+from .harness import Service, ServiceTestCase, decode, sleep, until
+from .livesource import FPS, RtspServer, UdpTsSource
+
+# --------------------------------------------------------------------------
+# A fake process reactor (procmon-style): a Clock that records spawnProcess.
+# --------------------------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self, protocol: ProgressProtocol) -> None:
+        self.protocol = protocol
+        self.signals: list[str] = []
+        self.stdin_closed = False
+        self.exited = False
+
+    def closeStdin(self) -> None:
+        self.stdin_closed = True
+
+    def signalProcess(self, name: str) -> None:
+        if self.exited:
+            raise error.ProcessExitedAlready()
+        self.signals.append(name)
+
+    def exit(self, code: int | None = 0, signal: int | None = None) -> None:
+        self.exited = True
+        if code == 0:
+            reason = Failure(error.ProcessDone(0))
+        else:
+            reason = Failure(error.ProcessTerminated(exitCode=code, signal=signal))
+        self.protocol.processEnded(reason)
+
+
+class FakeProcessReactor(task.Clock):
+    def __init__(self, fail_spawn: bool = False) -> None:
+        super().__init__()
+        self.fail_spawn = fail_spawn
+        self.spawned: list[tuple[list[str], FakeTransport]] = []
+        self.triggers: dict[int, Any] = {}
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> Any:
+        if self.fail_spawn:
+            raise OSError(2, "No such file or directory")
+        transport = FakeTransport(protocol)
+        protocol.makeConnection(transport)
+        self.spawned.append((args, transport))
+        return transport
+
+    def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> int:
+        handle = len(self.triggers) + 1
+        self.triggers[handle] = f
+        return handle
+
+    def removeSystemEventTrigger(self, handle: int) -> None:
+        del self.triggers[handle]
+
+
+PROGRESS_BLOCK = (
+    "frame=12\nfps=0.0\nout_time_us={us}\nout_time_ms={us}\n"
+    "out_time=00:00:00.480000\nspeed=1x\nprogress={state}\n"
+)
+
+
+class ProgressTests(unittest.SynchronousTestCase):
+    def run_fake(
+        self, duration: float = 4.0
+    ) -> tuple[FakeProcessReactor, FakeTransport, list[float], defer.Deferred[None]]:
+        reactor = FakeProcessReactor()
+        seen: list[float] = []
+        d = run_ffmpeg(reactor, ["ffmpeg", "-i", "x"], duration, seen.append)
+        [(args, transport)] = reactor.spawned
+        self.assertEqual(args, ["ffmpeg", "-i", "x"])
+        self.assertTrue(transport.stdin_closed)
+        return reactor, transport, seen, d
+
+    def test_out_time_becomes_fractions(self):
+        reactor, transport, seen, d = self.run_fake(duration=4.0)
+        proto = transport.protocol
+        proto.childDataReceived(1, b"out_time_us=N/A\nprogress=continue\n")
+        self.assertEqual(seen, [])
+        # Lines split across reads, both microsecond keys: one report per change.
+        block = PROGRESS_BLOCK.format(us=1_000_000, state="continue").encode()
+        proto.childDataReceived(1, block[:20])
+        proto.childDataReceived(1, block[20:])
+        self.assertEqual(seen, [0.25])
+        proto.childDataReceived(1, PROGRESS_BLOCK.format(us=3_000_000, state="continue").encode())
+        proto.childDataReceived(1, PROGRESS_BLOCK.format(us=2_000_000, state="continue").encode())
+        self.assertEqual(seen, [0.25, 0.75])  # never goes back
+        proto.childDataReceived(1, PROGRESS_BLOCK.format(us=9_000_000, state="end").encode())
+        self.assertEqual(seen, [0.25, 0.75, 1.0])  # capped
+        self.assertNoResult(d)
+        transport.exit(0)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(reactor.triggers, {})  # shutdown trigger removed
+
+    def test_failure_names_ffmpegs_last_error_line(self):
+        reactor, transport, seen, d = self.run_fake()
+        proto = transport.protocol
+        proto.childDataReceived(2, b"x264 [error]: invalid preset 'bogus'\n[libx264 @ 0x5652")
+        proto.childDataReceived(2, b"7acc4cc0] Error setting preset/tune bogus/(null).")
+        transport.exit(1)  # the unterminated last line still counts
+        failure = self.failureResultOf(d, FfmpegFailed)
+        message = str(failure.value)
+        self.assertIn("exit status 1", message)
+        self.assertIn("Error setting preset/tune bogus/(null).", message)
+        self.assertNotIn("0x5652", message)
+        self.assertIn("invalid preset 'bogus'", message)
+
+    def test_cancel_terminates_then_kills(self):
+        reactor, transport, seen, d = self.run_fake()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(transport.signals, ["TERM"])
+        reactor.advance(1)
+        self.assertEqual(transport.signals, ["TERM"])
+        reactor.advance(5)
+        self.assertEqual(transport.signals, ["TERM", "KILL"])
+        transport.exit(None, signal=9)  # the late end does not fire d again
+        self.assertEqual(reactor.triggers, {})
+
+    def test_shutdown_stops_the_child(self):
+        reactor, transport, seen, d = self.run_fake()
+        [stop] = reactor.triggers.values()
+        stop()
+        self.assertEqual(transport.signals, ["TERM"])
+        transport.exit(None, signal=15)
+        self.assertIn("signal 15", str(self.failureResultOf(d, FfmpegFailed).value))
+        self.assertEqual(reactor.getDelayedCalls(), [])  # the KILL was cancelled
+
+    def test_spawn_failure(self):
+        reactor = FakeProcessReactor(fail_spawn=True)
+        d = run_ffmpeg(reactor, ["/no/ffmpeg"], 1.0, lambda f: None)
+        self.assertIn("cannot run ffmpeg", str(self.failureResultOf(d, FfmpegFailed).value))
+
+
+class OptionTests(unittest.SynchronousTestCase):
+    def test_defaults(self):
+        choice = video_options({})
+        self.assertEqual((choice.preset, choice.crf, choice.video_bitrate), ("veryfast", 23, None))
+        self.assertEqual(video_filters(choice), [])
+        self.assertIn("-bf", choice.x264_args())
+
+    def test_values(self):
+        choice = video_options(
+            {
+                "size": "640x360",
+                "fps": "12.5",
+                "video_bitrate": "1.5M",
+                "preset": "UltraFast",
+                "audio_bitrate": "64k",
+            }
+        )
+        self.assertEqual((choice.width, choice.height, choice.fps), (640, 360, 12.5))
+        self.assertEqual((choice.video_bitrate, choice.audio_bitrate), (1_500_000, 64_000))
+        self.assertEqual(video_filters(choice), ["fps=12.5:round=up", "scale=640:360"])
+        self.assertEqual(video_options({"height": "480"}).scale_filter(), "scale=-2:480")
+
+    def test_bad_values(self):
+        for options, words in [
+            ({"crf": "abc"}, "crf must be an integer"),
+            ({"crf": "60"}, "crf must be between 0 and 51"),
+            ({"fps": "nan"}, "fps must be between"),
+            ({"width": "641"}, "width must be even"),
+            ({"size": "big"}, "size must be WIDTHxHEIGHT"),
+            ({"size": "640x360", "width": "640"}, "not both"),
+            ({"crf": "20", "video_bitrate": "1M"}, "crf or video_bitrate"),
+            ({"video_bitrate": "fast"}, "video_bitrate must be bits per second"),
+            ({"video_bitrate": "1k"}, "video_bitrate must be between"),
+            ({"preset": "placebo"}, "preset must be one of"),
+        ]:
+            with self.assertRaises(OptionError, msg=options) as caught:
+                video_options(options)
+            self.assertIn(words, str(caught.exception))
+            self.assertIsInstance(caught.exception, BadRequest)
+
+    def test_encoder_declares_its_options(self):
+        for name in ("size", "width", "height", "fps", "crf", "video_bitrate", "preset"):
+            self.assertIn(name, TranscodeEncoder.options)
+
+
+# --------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------
+
+
+def top_level_boxes(path: str) -> list[bytes]:
+    boxes, pos = [], 0
+    with open(path, "rb") as f:
+        data = f.read()
+    while pos + 8 <= len(data):
+        size, typ = struct.unpack_from(">I4s", data, pos)
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", data, pos + 8)
+        boxes.append(typ)
+        if size < 8:
+            break
+        pos += size
+    return boxes
+
+
+class TranscodeEndToEndTests(ServiceTestCase):
+    timeout = 120
+
+    async def check_transcoded(
+        self, service: Service, stream_id: int, start: float, stop: float, audio: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Transcode and copy the same range; compare what a player shows."""
+        params = {"start": start, "stop": stop}
+        seen: list[float] = []
+
+        async def transcoded() -> Any:
+            job = await service.ok(
+                "GET",
+                f"/streams/{stream_id}/get_clip",
+                encoder="transcode",
+                preset="ultrafast",
+                **params,
+            )
+            seen.append(job["progress"])
+            return job if job["status"] in ("done", "failed") else None
+
+        job = await until(transcoded, 60, "the transcoded clip", interval=0.1)
+        self.assertEqual(job["status"], "done", job)
+        self.assertEqual(job["progress"], 1.0)
+        self.assertEqual(seen, sorted(seen), "progress went backwards")
+        self.assertTrue(all(0 <= p <= 1 for p in seen), seen)
+        copy_job = await service.clip(stream_id, encoder="copy", **params)
+        [clip], [copy_clip] = job["clips"], copy_job["clips"]
+        path = await service.download(clip["link"], self.mktemp())
+        self.assertNotIn(b"elst", open(path, "rb").read(), "an edit list was written")
+        boxes = top_level_boxes(path)
+        self.assertLess(boxes.index(b"moov"), boxes.index(b"mdat"), boxes)
+        shown = decode(path)
+        numbers = shown["numbers"]
+        self.assertEqual(numbers, list(range(numbers[0], numbers[0] + len(numbers))))
+        self.assertEqual((shown["video"], shown["audio"]), ("h264", audio))
+        reference = await self.fetch(service, copy_clip)
+        ref = reference["numbers"]
+        print(
+            f"\ntranscode: frames {numbers[0]}..{numbers[-1]} ({len(numbers)}),"
+            f" copy: {ref[0]}..{ref[-1]} ({len(ref)}), progress seen {sorted(set(seen))}"
+        )
+        self.assertNear(numbers[0], ref[0], 1, "first frame")
+        self.assertNear(len(numbers), len(ref), 1, "frame count")
+        self.assertNear(len(numbers), (stop - start) * FPS, 1.5, "frames for the range")
+        return shown, reference
+
+    @defer.inlineCallbacks
+    def test_udp_h264_aac_and_bad_options(self):
+        yield defer.ensureDeferred(self._udp())
+
+    async def _udp(self) -> None:
+        source = UdpTsSource.running(self, audio="aac")
+        service = await self.service()
+        stream_id = (await service.ok("POST", "/streams/create", url=source.url))["stream_id"]
+        await service.ok("POST", f"/streams/{stream_id}/start")
+
+        async def first() -> Any:
+            return (await service.status(stream_id))["recorded"]["first"]
+
+        begin = await until(first, 20, "the first segment")
+        start = begin + 1.37  # between keyframes
+        await service.recorded_until(stream_id, start + 4.5)
+        await self.check_transcoded(service, stream_id, start, start + 4, "aac")
+        # A bad value: refused up front (400) or a failed job naming the parameter.
+        code, body = await service.call(
+            "GET",
+            f"/streams/{stream_id}/get_clip",
+            start=start,
+            stop=start + 2,
+            encoder="transcode",
+            crf="abc",
+        )
+        if code == 200:
+
+            async def failed() -> Any:
+                job = await service.ok(
+                    "GET",
+                    f"/streams/{stream_id}/get_clip",
+                    start=start,
+                    stop=start + 2,
+                    encoder="transcode",
+                    crf="abc",
+                )
+                return job if job["status"] in ("done", "failed") else None
+
+            body = await until(failed, 20, "the bad job to fail")
+            self.assertEqual(body["status"], "failed", body)
+            self.flushLoggedErrors(OptionError)  # the worker logs the job's failure
+        else:
+            self.assertEqual(code, 400, body)
+        self.assertIn("crf must be an integer", body["error_message"])
+        # Nothing left behind in the scratch directory.
+        await sleep(0.2)
+        scratch = os.path.join(service.data_dir, "tmp")
+        self.assertEqual([n for n in os.listdir(scratch) if n.startswith(".")], [])
+
+    @defer.inlineCallbacks
+    def test_h265_camera_becomes_h264(self):
+        yield defer.ensureDeferred(self._h265())
+
+    async def _h265(self) -> None:
+        camera = RtspServer.running(self)
+        if "h265" not in camera.mounts:
+            raise unittest.SkipTest("no H.265 mount (libx265 or GStreamer's rtph265pay missing)")
+        service = await self.service()
+        body = await service.ok("POST", "/streams/create", url=camera.url("h265"))
+        stream_id = body["stream_id"]
+        await service.ok("POST", f"/streams/{stream_id}/start")
+        started = time.time()
+        await service.recorded_until(stream_id, started + 5.5)
+        shown, reference = await self.check_transcoded(
+            service, stream_id, started + 1.3, started + 5.3, "aac"
+        )
+        self.assertEqual(reference["video"], "hevc")
