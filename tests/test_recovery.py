@@ -1,0 +1,88 @@
+"""Restart after a crash: leftover segmenters ended, unindexed segments indexed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from streamrec.recorder.validate import validate_segment
+from streamrec.recovery import _alive, end_orphans, find_orphans, recover
+from streamrec.store import open_store
+
+from .test_mp4 import recording
+
+
+class OrphanTests(unittest.TestCase):
+    def test_finds_and_ends_processes_working_in_the_segments_tree(self):
+        segments = os.path.join(self.mktemp(), "segments")
+        inside = os.path.join(segments, "1", "3")
+        os.makedirs(inside)
+        elsewhere = self.mktemp()
+        os.makedirs(elsewhere)
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+        orphan = subprocess.Popen(sleeper, cwd=inside)
+        bystander = subprocess.Popen(sleeper, cwd=elsewhere)
+        self.addCleanup(bystander.kill)
+        self.addCleanup(orphan.kill)
+        self.assertEqual(find_orphans(segments), [orphan.pid])
+
+        def check(_: object) -> None:
+            orphan.wait(5)
+            self.assertFalse(_alive(orphan.pid))
+            self.assertIsNone(bystander.poll())
+
+        return defer.ensureDeferred(end_orphans(reactor, [orphan.pid], grace=2)).addCallback(check)
+
+
+class RecoverTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_indexes_what_the_index_lacks(self):
+        rec = yield deferToThread(recording, "recovery_h264", seconds=8)
+        data_dir = self.mktemp()
+        store = open_store("sqlite:", os.path.join(data_dir))
+        self.addCleanup(store.close)
+        yield defer.ensureDeferred(store.migrate())
+        stream = yield defer.ensureDeferred(store.create_stream("rtsp://cam/x", "", 1.0))
+        run = yield defer.ensureDeferred(store.open_run(stream, 1.0))
+        run_dir = os.path.join(data_dir, "segments", str(stream), str(run))
+        os.makedirs(run_dir)
+        paths = []
+        for index, piece in enumerate(rec.pieces):
+            path = os.path.join(run_dir, f"seg{index:06d}.mp4")
+            shutil.copy(piece.path, path)
+            paths.append(path)
+        # The dead service had indexed the first segment only.
+        yield defer.ensureDeferred(store.add_segment(stream, run, paths[0], 100.0, 102.0, 1))
+        garbage = os.path.join(run_dir, f"seg{len(paths):06d}.mp4")
+        with open(garbage, "wb") as handle:
+            handle.write(b"\0\0\0\x1cftypisom")
+        report = yield defer.ensureDeferred(
+            recover(
+                reactor=reactor,
+                store=store,
+                data_dir=data_dir,
+                validate=validate_segment,
+                max_duration=30,
+                run_blocking=deferToThread,
+            )
+        )
+        self.assertEqual(report.indexed, paths[1:])
+        self.assertEqual(report.quarantined, [garbage])
+        self.assertEqual(report.closed_runs, [run])
+        self.assertFalse(os.path.exists(garbage))
+        self.assertTrue(
+            os.path.exists(os.path.join(data_dir, "quarantine", "1", "1", os.path.basename(garbage)))
+        )
+        segments = yield defer.ensureDeferred(store.run_segments(run))
+        self.assertEqual([s.path for s in segments], paths)
+        for before, after in zip(segments, segments[1:]):
+            self.assertAlmostEqual(after.start, before.end, places=6)
+        self.assertAlmostEqual(segments[-1].end - segments[1].start, 6.0, places=2)
+        open_runs = yield defer.ensureDeferred(store.open_runs())
+        self.assertEqual(open_runs, [])
