@@ -1,0 +1,174 @@
+"""The clip worker over a real SQLite store, with fake encoders and storage."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from streamrec.clips.mp4 import ClipResult
+from streamrec.clips.worker import ClipWorker
+from streamrec.plugins import EncodeRequest
+from streamrec.store import JOB_DONE, JOB_FAILED, JOB_PENDING, JOB_PROCESSING, open_store
+
+T = 1_800_000_000.0
+
+
+class RecordingEncoder:
+    """Writes a small file and remembers what it was asked."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.requests: list[EncodeRequest] = []
+        self.fail = fail
+
+    async def encode(self, request: EncodeRequest) -> ClipResult:
+        self.requests.append(request)
+        if self.fail:
+            with open(request.out_path, "wb") as handle:
+                handle.write(b"partial")
+            raise RuntimeError(self.fail)
+        with open(request.out_path, "wb") as handle:
+            handle.write(b"clip")
+        request.progress(1.0)
+        return ClipResult(request.start, request.stop, request.stop - request.start, 4)
+
+
+class MemoryStorage:
+    def __init__(self) -> None:
+        self.stored: dict[str, bytes] = {}
+        self.deleted: list[str] = []
+
+    async def store_clip(self, local_path: str, key: str) -> str:
+        with open(local_path, "rb") as handle:
+            self.stored[key] = handle.read()
+        os.remove(local_path)
+        return "http://clips.test/" + key
+
+    async def delete_clip(self, key: str) -> None:
+        self.deleted.append(key)
+
+
+class WorkerTests(unittest.TestCase):
+    def setUp(self) -> defer.Deferred[None]:
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.store = open_store("sqlite:", self.dir)
+        self.addCleanup(self.store.close)
+        self.clock = task.Clock()
+        self.clock.advance(T)
+        self.recording = True
+        self.encoder = RecordingEncoder()
+        self.storage = MemoryStorage()
+        self.notified: list[tuple[str, dict[str, Any]]] = []
+        self.worker = ClipWorker(
+            reactor=self.clock,
+            store=self.store,
+            storage=self.storage,
+            encoders={"copy": self.encoder, "broken": RecordingEncoder(fail="codec exploded")},
+            scratch_dir=os.path.join(self.dir, "tmp"),
+            is_recording=lambda stream_id: self.recording,
+            notify=lambda hook, **kw: self.notified.append((hook, kw)),
+            late_grace=10,
+        )
+        os.makedirs(self.worker.scratch_dir)
+        return defer.ensureDeferred(self._setup())
+
+    async def _setup(self) -> None:
+        await self.store.migrate()
+        self.stream = await self.store.create_stream("rtsp://cam/x", "", T - 100)
+        run1 = await self.store.open_run(self.stream, T - 100)
+        run2 = await self.store.open_run(self.stream, T - 30)
+        # run 1 covers [T-90, T-40); run 2 covers [T-25, T-5)
+        for start in range(-90, -40, 2):
+            await self.store.add_segment(
+                self.stream, run1, f"/seg/1/{start}.mp4", T + start, T + start + 2, 10
+            )
+        for start in range(-25, -5, 2):
+            await self.store.add_segment(
+                self.stream, run2, f"/seg/2/{start}.mp4", T + start, T + start + 2, 10
+            )
+
+    async def job(self, start: float, stop: float, encoder: str = "copy") -> Any:
+        job, _ = await self.store.find_or_create_job(
+            self.stream, start, stop, stop, encoder, {}, self.clock.seconds()
+        )
+        return job
+
+    @defer.inlineCallbacks
+    def test_one_clip_per_continuous_span(self):
+        job = yield defer.ensureDeferred(self.job(T - 50, T - 10))
+        yield defer.ensureDeferred(self.worker.build(job))
+        done = yield defer.ensureDeferred(self.store.get_job(job.id))
+        self.assertEqual(done.status, JOB_DONE)
+        self.assertEqual(
+            [(c.start - T, c.stop - T) for c in done.clips], [(-50, -40), (-25, -10)]
+        )
+        first, second = self.encoder.requests
+        self.assertEqual(first.pieces[0].path, "/seg/1/-50.mp4")
+        self.assertEqual(first.pieces[-1].path, "/seg/1/-42.mp4")
+        self.assertEqual([p.path for p in second.pieces][:1], ["/seg/2/-25.mp4"])
+        self.assertEqual(len(self.storage.stored), 2)
+        self.assertEqual(os.listdir(self.worker.scratch_dir), [])
+        self.assertEqual(self.notified[-1][0], "clip_done")
+
+    @defer.inlineCallbacks
+    def test_nothing_recorded_is_done_and_empty(self):
+        job = yield defer.ensureDeferred(self.job(T - 200, T - 150))
+        yield defer.ensureDeferred(self.worker.build(job))
+        done = yield defer.ensureDeferred(self.store.get_job(job.id))
+        self.assertEqual((done.status, done.clips), (JOB_DONE, ()))
+
+    @defer.inlineCallbacks
+    def test_failure_is_reported_and_cleaned_up(self):
+        job = yield defer.ensureDeferred(self.job(T - 50, T - 10, encoder="broken"))
+        yield defer.ensureDeferred(self.worker.build(job))
+        failed = yield defer.ensureDeferred(self.store.get_job(job.id))
+        self.assertEqual(failed.status, JOB_FAILED)
+        self.assertEqual(failed.error_message, "codec exploded")
+        self.assertEqual(os.listdir(self.worker.scratch_dir), [])
+        self.assertEqual(self.notified[-1], (
+            "clip_failed", {"stream_id": self.stream, "job_id": job.id, "error": "codec exploded"}
+        ))
+        self.flushLoggedErrors(RuntimeError)
+
+    @defer.inlineCallbacks
+    def test_waits_for_the_recording_to_reach_the_end(self):
+        future = yield defer.ensureDeferred(self.job(T - 10, T + 5))
+        ready = yield defer.ensureDeferred(self.worker._ready(future))
+        self.assertFalse(ready)
+        past = yield defer.ensureDeferred(self.job(T - 20, T - 6))
+        ready = yield defer.ensureDeferred(self.worker._ready(past))
+        self.assertTrue(ready)
+        # The source is down: the job does not wait for ever.
+        self.clock.advance(16)
+        ready = yield defer.ensureDeferred(self.worker._ready(future))
+        self.assertTrue(ready)
+        # A stopped stream will record nothing more.
+        self.clock.advance(-16)
+        self.recording = False
+        ready = yield defer.ensureDeferred(self.worker._ready(future))
+        self.assertTrue(ready)
+
+    @defer.inlineCallbacks
+    def test_interrupted_jobs_are_built_again(self):
+        job = yield defer.ensureDeferred(self.job(T - 50, T - 45))
+        yield defer.ensureDeferred(
+            self.store.set_job_status(job.id, JOB_PROCESSING, T, progress=0.5)
+        )
+        junk = os.path.join(self.worker.scratch_dir, "half-built.mp4")
+        with open(junk, "wb") as handle:
+            handle.write(b"junk")
+        self.worker.startService()
+        self.addCleanup(self.worker.stopService)
+        self.assertFalse(os.path.exists(junk))
+        for _ in range(100):
+            current = yield defer.ensureDeferred(self.store.get_job(job.id))
+            if current.status == JOB_DONE:
+                break
+            self.assertIn(current.status, (JOB_PENDING, JOB_PROCESSING))
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            self.clock.advance(0.5)
+        self.assertEqual(current.status, JOB_DONE)
+        self.assertEqual(len(current.clips), 1)
