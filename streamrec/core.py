@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .clips.worker import clip_json
 from .recorder.supervisor import RECORDING, CannotStart, Recorder
 from .sources import validate_source_url
 from .store import JOB_DONE, ClipJob, SqlStore, Stream
-from .clips.worker import clip_json
 
 log = Logger(namespace="streamrec.core")
 
@@ -48,7 +49,7 @@ class Streams:
         *,
         reactor: Any,
         store: SqlStore,
-        make_recorder: Callable[[Stream, "Streams"], Recorder],
+        make_recorder: Callable[[Stream, Streams], Recorder],
         notify: Callable[..., None],
         encoders: Callable[[], dict[str, Any]],
         default_encoder: str,

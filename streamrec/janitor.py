@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -95,7 +96,9 @@ class Janitor(Service):
         now = self.reactor.seconds()
         for stream in await self.store.list_streams():
             if stream.max_age:
-                await self._delete_while(lambda: True, before=now - stream.max_age, stream=stream.id)
+                await self._delete_while(
+                    lambda: True, before=now - stream.max_age, stream=stream.id
+                )
         if self.retention.max_age:
             await self._delete_while(lambda: True, before=now - self.retention.max_age)
         if self.retention.max_bytes:

@@ -8,10 +8,9 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
-
-from twisted.internet.threads import deferToThreadPool
 
 from .api import StreamrecAPI
 from .clips.worker import ClipWorker

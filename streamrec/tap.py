@@ -24,7 +24,7 @@ def size(value: Any) -> int:
     """A byte count: ``1073741824``, ``500M``, ``1.5G``."""
     text = str(value).strip().upper().removesuffix("B").removesuffix("I")
     unit = text[-1:] if text[-1:] in UNITS and text[-1:] else ""
-    number = text[: -1] if unit else text
+    number = text[:-1] if unit else text
     try:
         result = int(float(number) * UNITS[unit])
     except ValueError:
@@ -163,8 +163,11 @@ class Options(usage.Options):
                 self[key] = coercers.get(key, str)(value)
 
     def to_config(self) -> Config:
-        values = {f.name: self[f.name.replace("_", "-")] for f in fields(Config) if
-                  f.name.replace("_", "-") in self}
+        values = {
+            f.name: self[f.name.replace("_", "-")]
+            for f in fields(Config)
+            if f.name.replace("_", "-") in self
+        }
         values["load_plugins"] = not self["no-plugins"]
         return Config(**values)
 

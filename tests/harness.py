@@ -47,11 +47,7 @@ def decode(path: str) -> dict[str, Any]:
     """What a player shows: frame numbers of the displayed frames, codecs, duration."""
     with av.open(path) as container:
         video = container.streams.video[0]
-        audio = (
-            container.streams.audio[0].codec_context.name
-            if container.streams.audio
-            else None
-        )
+        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
         numbers = [
             read_frame_number(frame)
             for frame in container.decode(video=0)
@@ -111,18 +107,14 @@ class Service:
     async def status(self, stream_id: int) -> dict[str, Any]:
         return await self.ok("GET", f"/streams/{stream_id}/status")
 
-    async def recorded_until(
-        self, stream_id: int, when: float, timeout: float = 30
-    ) -> None:
+    async def recorded_until(self, stream_id: int, when: float, timeout: float = 30) -> None:
         async def reached() -> bool:
             last = (await self.status(stream_id))["recorded"]["last"]
             return last is not None and last >= when
 
         await until(reached, timeout, f"stream {stream_id} to record until {when:.2f}")
 
-    async def clip(
-        self, stream_id: int, timeout: float = 30, **params: Any
-    ) -> dict[str, Any]:
+    async def clip(self, stream_id: int, timeout: float = 30, **params: Any) -> dict[str, Any]:
         """Ask for a clip and poll the same request until it is done."""
 
         async def finished() -> Any:
@@ -152,14 +144,9 @@ class ServiceTestCase(unittest.TestCase):
 
     timeout = 180
 
-    def assertNear(
-        self, first: float, second: float, tolerance: float, msg: Any = None
-    ) -> None:
+    def assertNear(self, first: float, second: float, tolerance: float, msg: Any = None) -> None:
         if abs(first - second) > tolerance:
-            self.fail(
-                f"{first!r} != {second!r} within {tolerance!r}"
-                + (f": {msg}" if msg else "")
-            )
+            self.fail(f"{first!r} != {second!r} within {tolerance!r}" + (f": {msg}" if msg else ""))
 
     async def service(self, data_dir: str | None = None, **config: Any) -> Service:
         service = await Service(self, data_dir, **config).start()

@@ -104,12 +104,16 @@ class APIBase(unittest.TestCase):
         return body["stream_id"]
 
 
-
 class APITestCase(APIBase):
     # -- create ---------------------------------------------------------
     @defer.inlineCallbacks
     def test_create_every_way(self):
-        for method, body in (("POST", "form"), ("POST", "json"), ("GET", "query"), ("POST", "query")):
+        for method, body in (
+            ("POST", "form"),
+            ("POST", "json"),
+            ("GET", "query"),
+            ("POST", "query"),
+        ):
             code, answer = yield defer.ensureDeferred(
                 self.call(method, "/streams/create", {"url": "rtsp://cam.local/s1"}, body)
             )
@@ -252,7 +256,10 @@ class APITestCase(APIBase):
             ({"start": now, "stop": now - 5}, "stop must be later than start"),
             ({"start": "nan"}, "start must be a POSIX timestamp"),
             ({"start": now - 7200, "stop": now}, "at most 3600 s"),
-            ({"start": now - 10, "stop": now, "encoder": "gif"}, "known encoders are copy, timelapse"),
+            (
+                {"start": now - 10, "stop": now, "encoder": "gif"},
+                "known encoders are copy, timelapse",
+            ),
         ):
             code, answer = yield defer.ensureDeferred(
                 self.call("GET", f"/streams/{stream_id}/get_clip", params)
@@ -272,7 +279,9 @@ class APITestCase(APIBase):
         self.assertEqual(code, 200)
         self.assertEqual((first["status"], first["clips"]), ("pending", []))
         _, again = yield defer.ensureDeferred(
-            self.call("POST", path, {"start": now - 10, "stop": now - 5, "_": "cachebuster"}, "json")
+            self.call(
+                "POST", path, {"start": now - 10, "stop": now - 5, "_": "cachebuster"}, "json"
+            )
         )
         self.assertEqual(again["job_id"], first["job_id"])
         _, other = yield defer.ensureDeferred(
@@ -287,10 +296,18 @@ class APITestCase(APIBase):
         self.assertGreaterEqual(open1["stop"], now)
         # Encoder options the encoder takes are part of the job.
         _, fast = yield defer.ensureDeferred(
-            self.call("GET", path, {"start": now - 10, "stop": now - 5, "encoder": "timelapse", "speed": 4})
+            self.call(
+                "GET",
+                path,
+                {"start": now - 10, "stop": now - 5, "encoder": "timelapse", "speed": 4},
+            )
         )
         _, faster = yield defer.ensureDeferred(
-            self.call("GET", path, {"start": now - 10, "stop": now - 5, "encoder": "timelapse", "speed": 8})
+            self.call(
+                "GET",
+                path,
+                {"start": now - 10, "stop": now - 5, "encoder": "timelapse", "speed": 8},
+            )
         )
         self.assertNotEqual(fast["job_id"], faster["job_id"])
 
@@ -303,8 +320,10 @@ class APITestCase(APIBase):
         yield defer.ensureDeferred(
             self.store.finish_job(
                 job["job_id"],
-                [Clip(0, "http://x/clips/a.mp4", "a.mp4", 50.0, 55.0, 10),
-                 Clip(1, "http://x/clips/b.mp4", "b.mp4", 57.0, 60.0, 20)],
+                [
+                    Clip(0, "http://x/clips/a.mp4", "a.mp4", 50.0, 55.0, 10),
+                    Clip(1, "http://x/clips/b.mp4", "b.mp4", 57.0, 60.0, 20),
+                ],
                 100.0,
             )
         )

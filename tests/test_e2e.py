@@ -22,9 +22,7 @@ class UdpRecordingTests(ServiceTestCase):
     async def _record_and_cut(self) -> None:
         source = UdpTsSource.running(self, audio="aac")
         service = await self.service()
-        stream_id = (await service.ok("POST", "/streams/create", url=source.url))[
-            "stream_id"
-        ]
+        stream_id = (await service.ok("POST", "/streams/create", url=source.url))["stream_id"]
         await service.ok("POST", f"/streams/{stream_id}/start")
         status = await service.status(stream_id)
         self.assertEqual(status["state"], "recording")
@@ -83,9 +81,7 @@ class UdpRecordingTests(ServiceTestCase):
     async def _first_segment(self, service: Service, stream_id: int) -> float | None:
         return (await service.status(stream_id))["recorded"]["first"]
 
-    async def _recorded_after(
-        self, service: Service, stream_id: int, when: float
-    ) -> bool:
+    async def _recorded_after(self, service: Service, stream_id: int, when: float) -> bool:
         last = (await service.status(stream_id))["recorded"]["last"]
         return last is not None and last > when
 
@@ -96,14 +92,10 @@ class UdpRecordingTests(ServiceTestCase):
     async def _killed_segmenter(self) -> None:
         source = UdpTsSource.running(self, audio=None)
         service = await self.service()
-        stream_id = (await service.ok("GET", "/streams/create", url=source.url))[
-            "stream_id"
-        ]
+        stream_id = (await service.ok("GET", "/streams/create", url=source.url))["stream_id"]
         await service.ok("GET", f"/streams/{stream_id}/start")
         recorder = service.service.streams.recorders[stream_id]
-        await until(
-            lambda: self._first_segment(service, stream_id), 20, "the first segment"
-        )
+        await until(lambda: self._first_segment(service, stream_id), 20, "the first segment")
         await sleep(2.5)
         killed_at = time.time()
         os.kill(recorder.process.pid, signal.SIGKILL)
@@ -134,9 +126,7 @@ class StartFailureTests(ServiceTestCase):
     def test_unreachable_camera(self):
         service = yield defer.ensureDeferred(self.service())
         url = f"rtsp://127.0.0.1:{free_port()}/nothing"
-        body = yield defer.ensureDeferred(
-            service.ok("POST", "/streams/create", url=url)
-        )
+        body = yield defer.ensureDeferred(service.ok("POST", "/streams/create", url=url))
         stream_id = body["stream_id"]
         code, answer = yield defer.ensureDeferred(
             service.call("POST", f"/streams/{stream_id}/start")
@@ -166,16 +156,14 @@ class RtspTests(ServiceTestCase):
             streams[mount] = body["stream_id"]
             await service.ok("POST", f"/streams/{streams[mount]}/start")
         started = time.time()
-        for mount, stream_id in streams.items():
+        for stream_id in streams.values():
             await service.recorded_until(stream_id, started + 6)
         for mount, stream_id in streams.items():
             job = await service.clip(stream_id, start=started + 1.3, stop=started + 5.3)
             [clip] = job["clips"]
             shown = await self.fetch(service, clip)
             expected_audio = None if mount == "h264" else "aac"
-            self.assertEqual(
-                (shown["video"], shown["audio"]), ("h264", expected_audio), mount
-            )
+            self.assertEqual((shown["video"], shown["audio"]), ("h264", expected_audio), mount)
             self.assertNear(len(shown["numbers"]), 4 * FPS, 1, mount)
             error = camera.frame_time(shown["numbers"][0]) - (started + 1.3)
             print(f"\nRTSP {mount}: start error {error * 1000:+.0f} ms")
@@ -192,9 +180,7 @@ class RestartTests(ServiceTestCase):
         data_dir = self.mktemp()
         first = await Service(self, data_dir).start()
         try:
-            stream_id = (await first.ok("POST", "/streams/create", url=source.url))[
-                "stream_id"
-            ]
+            stream_id = (await first.ok("POST", "/streams/create", url=source.url))["stream_id"]
             await first.ok("POST", f"/streams/{stream_id}/start")
             began = time.time()
             await first.recorded_until(stream_id, began + 2)

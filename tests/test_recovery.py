@@ -77,7 +77,9 @@ class RecoverTests(unittest.TestCase):
         self.assertEqual(report.closed_runs, [run])
         self.assertFalse(os.path.exists(garbage))
         self.assertTrue(
-            os.path.exists(os.path.join(data_dir, "quarantine", "1", "1", os.path.basename(garbage)))
+            os.path.exists(
+                os.path.join(data_dir, "quarantine", "1", "1", os.path.basename(garbage))
+            )
         )
         segments = yield defer.ensureDeferred(store.run_segments(run))
         self.assertEqual([s.path for s in segments], paths)

@@ -146,7 +146,6 @@ class RecorderBase(unittest.SynchronousTestCase):
         return defer.ensureDeferred(self.recorder.start())
 
 
-
 class RecorderTests(RecorderBase):
     def test_command(self):
         args = segmenter_args("ffmpeg", "rtsp://cam/x", SegmenterSettings(segment_seconds=2))
@@ -181,7 +180,10 @@ class RecorderTests(RecorderBase):
     def test_start_failure_reports_ffmpeg_reason(self):
         started = self.start()
         [process] = self.reactor.processes
-        process.say(2, "ffmpeg version 5.1\n[tcp @ 0x1] Connection to tcp://127.0.0.1:8554 failed: Connection refused\n")
+        process.say(
+            2,
+            "ffmpeg version 5.1\n[tcp @ 0x1] Connection to tcp://127.0.0.1:8554 failed: Connection refused\n",
+        )
         process.say(2, "rtsp://127.0.0.1:8554/cam: Connection refused\n")
         process.exit(1)
         failure = self.failureResultOf(started, CannotStart)

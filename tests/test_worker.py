@@ -102,9 +102,7 @@ class WorkerTests(unittest.TestCase):
         yield defer.ensureDeferred(self.worker.build(job))
         done = yield defer.ensureDeferred(self.store.get_job(job.id))
         self.assertEqual(done.status, JOB_DONE)
-        self.assertEqual(
-            [(c.start - T, c.stop - T) for c in done.clips], [(-50, -40), (-25, -10)]
-        )
+        self.assertEqual([(c.start - T, c.stop - T) for c in done.clips], [(-50, -40), (-25, -10)])
         first, second = self.encoder.requests
         self.assertEqual(first.pieces[0].path, "/seg/1/-50.mp4")
         self.assertEqual(first.pieces[-1].path, "/seg/1/-42.mp4")
@@ -128,9 +126,13 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(failed.status, JOB_FAILED)
         self.assertEqual(failed.error_message, "codec exploded")
         self.assertEqual(os.listdir(self.worker.scratch_dir), [])
-        self.assertEqual(self.notified[-1], (
-            "clip_failed", {"stream_id": self.stream, "job_id": job.id, "error": "codec exploded"}
-        ))
+        self.assertEqual(
+            self.notified[-1],
+            (
+                "clip_failed",
+                {"stream_id": self.stream, "job_id": job.id, "error": "codec exploded"},
+            ),
+        )
         self.flushLoggedErrors(RuntimeError)
 
     @defer.inlineCallbacks

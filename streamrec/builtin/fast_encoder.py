@@ -3,7 +3,8 @@ tables, sample bytes copied by range, an edit list to start at the exact instant
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 

@@ -30,9 +30,9 @@ import errno
 import os
 import struct
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Iterator, Sequence
 
 __all__ = ["SegmentPiece", "ClipResult", "Mp4Error", "segment_span", "build_clip"]
 
@@ -216,8 +216,15 @@ def _parse_tkhd(buf: bytes, body: int, track: dict) -> None:
     layer, alt, volume = struct.unpack_from(">hhh", buf, p + 8)
     matrix = buf[p + 16 : p + 52]
     width, height = struct.unpack_from(">II", buf, p + 52)
-    track.update(track_id=track_id, layer=layer, alternate_group=alt, volume=volume,
-                 matrix=matrix, width=width, height=height)
+    track.update(
+        track_id=track_id,
+        layer=layer,
+        alternate_group=alt,
+        volume=volume,
+        matrix=matrix,
+        width=width,
+        height=height,
+    )
 
 
 def _parse_elst(buf: bytes, body: int) -> list[tuple[int, int]]:
@@ -345,7 +352,7 @@ class _Samples:
     def __len__(self) -> int:
         return len(self.dts)
 
-    def extend(self, other: "_Samples") -> None:
+    def extend(self, other: _Samples) -> None:
         for name in ("dts", "duration", "size", "offset", "cto", "sync"):
             getattr(self, name).extend(getattr(other, name))
 
@@ -371,8 +378,16 @@ class _Traf:
 _TRUN_FIELD_ORDER = ((_TRUN_DURATION, "I"), (_TRUN_SIZE, "I"), (_TRUN_FLAGS, "I"), (_TRUN_CTO, "i"))
 
 
-def _parse_trun(buf: bytes, body: int, box_end: int, tf: dict, data_pos: int, dts: int,
-                out: _Samples, raw_cto: list[int]) -> tuple[int, int]:
+def _parse_trun(
+    buf: bytes,
+    body: int,
+    box_end: int,
+    tf: dict,
+    data_pos: int,
+    dts: int,
+    out: _Samples,
+    raw_cto: list[int],
+) -> tuple[int, int]:
     """Append one trun's samples to ``out``; return ``(next data_pos, next dts)``."""
     _version, flags, p = _full_box(buf, body)
     (count,) = struct.unpack_from(">I", buf, p)
@@ -411,8 +426,15 @@ def _parse_trun(buf: bytes, body: int, box_end: int, tf: dict, data_pos: int, dt
     return data_pos, dts
 
 
-def _parse_traf(buf: bytes, start: int, end: int, moof_pos: int, default_base: int,
-                init: _Init, states: dict[int, _TrackState]) -> tuple[_Traf | None, int]:
+def _parse_traf(
+    buf: bytes,
+    start: int,
+    end: int,
+    moof_pos: int,
+    default_base: int,
+    init: _Init,
+    states: dict[int, _TrackState],
+) -> tuple[_Traf | None, int]:
     """Parse one traf; return it (None for an unknown track) and where its data ends."""
     tfhd = _child(buf, start, end, b"tfhd")
     if tfhd is None:
@@ -423,13 +445,21 @@ def _parse_traf(buf: bytes, start: int, end: int, moof_pos: int, default_base: i
     track = init.tracks.get(track_id)
     if track is None:
         return None, default_base
-    tf = {"base": default_base, "duration": track.default_duration,
-          "size": track.default_size, "flags": track.default_flags}
+    tf = {
+        "base": default_base,
+        "duration": track.default_duration,
+        "size": track.default_size,
+        "flags": track.default_flags,
+    }
     if flags & _TFHD_BASE_IS_MOOF:
         tf["base"] = moof_pos
-    for bit, key, fmt in ((_TFHD_BASE_OFFSET, "base", ">Q"), (_TFHD_SDI, "sdi", ">I"),
-                          (_TFHD_DURATION, "duration", ">I"), (_TFHD_SIZE, "size", ">I"),
-                          (_TFHD_FLAGS, "flags", ">I")):
+    for bit, key, fmt in (
+        (_TFHD_BASE_OFFSET, "base", ">Q"),
+        (_TFHD_SDI, "sdi", ">I"),
+        (_TFHD_DURATION, "duration", ">I"),
+        (_TFHD_SIZE, "size", ">I"),
+        (_TFHD_FLAGS, "flags", ">I"),
+    ):
         if flags & bit:
             (tf[key],) = struct.unpack_from(fmt, buf, p)
             p += struct.calcsize(fmt)
@@ -466,8 +496,9 @@ class _Segment:
         return min(video.dts[i] + video.cto[i] for i in range(len(video)))
 
 
-def _parse_moof(buf: bytes, moof_pos: int, init: _Init,
-                states: dict[int, _TrackState]) -> list[_Traf]:
+def _parse_moof(
+    buf: bytes, moof_pos: int, init: _Init, states: dict[int, _TrackState]
+) -> list[_Traf]:
     trafs = []
     base = moof_pos
     for typ, body, box_end in _children(buf, 0, len(buf)):
@@ -535,8 +566,9 @@ def _fragment_complete(trafs: list[_Traf], file_size: int) -> bool:
     return True
 
 
-def _add_fragment(trafs: list[_Traf], tracks: dict[int, _Samples],
-                  states: dict[int, _TrackState]) -> None:
+def _add_fragment(
+    trafs: list[_Traf], tracks: dict[int, _Samples], states: dict[int, _TrackState]
+) -> None:
     """Append a fragment's samples, reporting pts the way libavformat does.
 
     libavformat adds ``dts_shift`` (the largest negated composition offset of
@@ -661,8 +693,10 @@ def _check_compatible(segs: list[_Segment]) -> None:
             if (a is None) != (b is None):
                 raise Mp4Error(f"{seg.path}: mismatched tracks (audio present in only some pieces)")
             if a is not None and b is not None and (a.timescale != b.timescale or a.stsd != b.stsd):
-                raise Mp4Error(f"{seg.path}: mismatched {a.handler.decode()} track "
-                               "(different timescale or sample description)")
+                raise Mp4Error(
+                    f"{seg.path}: mismatched {a.handler.decode()} track "
+                    "(different timescale or sample description)"
+                )
 
 
 # --------------------------------------------------------------------------
@@ -711,15 +745,19 @@ def _select_video(line: _Timeline, start: float, stop: float) -> tuple[_Selectio
     return _Selection(line, first, last, [(stop_t - start_t, media_time)]), start_t, stop_t
 
 
-def _select_audio(line: _Timeline, video: _Selection, start_t: int, stop_t: int,
-                  video_ts: int) -> _Selection | None:
+def _select_audio(
+    line: _Timeline, video: _Selection, start_t: int, stop_t: int, video_ts: int
+) -> _Selection | None:
     """Pick the audio samples overlapping [keyframe time, stop); None if none do."""
     ts = line.track.timescale
     key_a = video.line.pts(video.first) * ts / video_ts
     start_a = round(start_t * ts / video_ts)
     stop_a = stop_t * ts / video_ts
-    kept = [i for i in range(len(line.t))
-            if line.pts(i) + line.duration[i] > key_a and line.pts(i) < stop_a]
+    kept = [
+        i
+        for i in range(len(line.t))
+        if line.pts(i) + line.duration[i] > key_a and line.pts(i) < stop_a
+    ]
     if not kept:
         return None
     first, last = kept[0], kept[-1] + 1
@@ -783,8 +821,13 @@ def _stts(durations: list[int]) -> bytes:
 def _ctts(ctos: list[int]) -> bytes:
     runs = _run_length(ctos)
     version = 1 if any(v < 0 for _c, v in runs) else 0
-    return _full(b"ctts", version, 0, struct.pack(">I", len(runs)),
-                 _pack_pairs("Ii" if version else "II", runs))
+    return _full(
+        b"ctts",
+        version,
+        0,
+        struct.pack(">I", len(runs)),
+        _pack_pairs("Ii" if version else "II", runs),
+    )
 
 
 def _stsz(sizes: list[int]) -> bytes:
@@ -839,8 +882,9 @@ def _tkhd(track: _Track, track_id: int, duration: int, creation: int) -> bytes:
         version = 0
         head = struct.pack(">III4xI", creation, creation, track_id, duration)
     tail = struct.pack(">8xhhh2x", track.layer, track.alternate_group, track.volume)
-    return _full(b"tkhd", version, 3, head, tail, track.matrix,
-                 struct.pack(">II", track.width, track.height))
+    return _full(
+        b"tkhd", version, 3, head, tail, track.matrix, struct.pack(">II", track.width, track.height)
+    )
 
 
 def _mdhd(track: _Track, duration: int, creation: int) -> bytes:
@@ -889,8 +933,11 @@ def _trak(sel: _Selection, track_id: int, chunks: list[_Chunk], creation: int) -
         stbl.append(_ctts(ctos))
     if track.handler == _VIDE:
         stbl.append(_stss(line.sync[a:b]))
-    stbl += [_stsz(line.size[a:b]), _stsc([c.samples for c in chunks]),
-             _co64([c.out_offset for c in chunks])]
+    stbl += [
+        _stsz(line.size[a:b]),
+        _stsc([c.samples for c in chunks]),
+        _co64([c.out_offset for c in chunks]),
+    ]
     minf = _box(b"minf", track.media_header, _DINF, _box(b"stbl", *stbl))
     mdia = _box(b"mdia", _mdhd(track, sum(durations), creation), track.hdlr, minf)
     edit_duration = sum(d for d, _m in sel.edits)
@@ -905,8 +952,9 @@ def _ftyp(video: _Track) -> bytes:
     return _box(b"ftyp", b"isom", struct.pack(">I", 0x200), *brands)
 
 
-def _layout(selections: list[_Selection], movie_ts: int, creation: int
-            ) -> tuple[bytes, list[_Chunk]]:
+def _layout(
+    selections: list[_Selection], movie_ts: int, creation: int
+) -> tuple[bytes, list[_Chunk]]:
     """Build ftyp+moov+mdat header; return it and the chunks in mdat order."""
     per_track = [_chunks(sel) for sel in selections]
     ordered = sorted((c for cs in per_track for c in cs), key=lambda c: (c.piece, c.offset))
@@ -914,8 +962,11 @@ def _layout(selections: list[_Selection], movie_ts: int, creation: int
     ftyp = _ftyp(selections[0].line.track)
     # Sizes of moov do not depend on the offsets' values (co64 is fixed width).
     moov = _moov(selections, per_track, movie_ts, creation)
-    mdat_header = (struct.pack(">I4s", 8 + payload, b"mdat") if 8 + payload <= _U32_MAX
-                   else struct.pack(">I4sQ", 1, b"mdat", 16 + payload))
+    mdat_header = (
+        struct.pack(">I4s", 8 + payload, b"mdat")
+        if 8 + payload <= _U32_MAX
+        else struct.pack(">I4sQ", 1, b"mdat", 16 + payload)
+    )
     pos = len(ftyp) + len(moov) + len(mdat_header)
     for c in ordered:
         c.out_offset = pos
@@ -924,10 +975,13 @@ def _layout(selections: list[_Selection], movie_ts: int, creation: int
     return ftyp + moov + mdat_header, ordered
 
 
-def _moov(selections: list[_Selection], per_track: list[list[_Chunk]], movie_ts: int,
-          creation: int) -> bytes:
-    traks = [_trak(sel, i + 1, chunks, creation)
-             for i, (sel, chunks) in enumerate(zip(selections, per_track))]
+def _moov(
+    selections: list[_Selection], per_track: list[list[_Chunk]], movie_ts: int, creation: int
+) -> bytes:
+    traks = [
+        _trak(sel, i + 1, chunks, creation)
+        for i, (sel, chunks) in enumerate(zip(selections, per_track))
+    ]
     duration = max(sum(d for d, _m in sel.edits) for sel in selections)
     return _box(b"moov", _mvhd(movie_ts, duration, len(selections) + 1, creation), *traks)
 
@@ -982,7 +1036,7 @@ def _write_file(tmp_path: str, header: bytes, chunks: list[_Chunk], paths: list[
     try:
         view = memoryview(header)
         while view:
-            view = view[os.write(out, view):]
+            view = view[os.write(out, view) :]
         copier = _Copier()
         for piece, offset, size in _merged_ranges(chunks):
             if piece not in fds:
@@ -1011,8 +1065,9 @@ def _merged_ranges(chunks: list[_Chunk]) -> list[tuple[int, int, int]]:
 # --------------------------------------------------------------------------
 
 
-def build_clip(pieces: Sequence[SegmentPiece], start: float, stop: float,
-               out_path: str) -> ClipResult:
+def build_clip(
+    pieces: Sequence[SegmentPiece], start: float, stop: float, out_path: str
+) -> ClipResult:
     """Write a progressive MP4 covering wall-clock ``[start, stop)``.
 
     ``pieces`` are consecutive segments of one continuous recording (same
@@ -1038,8 +1093,9 @@ def build_clip(pieces: Sequence[SegmentPiece], start: float, stop: float,
 
     video_line = _flatten(_VIDE, segs, anchors)
     assert video_line is not None  # _read_segment guarantees video samples
-    video, start_t, stop_t = _select_video(video_line, (start - origin) * vts,
-                                           (stop - origin) * vts)
+    video, start_t, stop_t = _select_video(
+        video_line, (start - origin) * vts, (stop - origin) * vts
+    )
     selections = [video]
     audio_line = _flatten(_SOUN, segs, anchors)
     if audio_line is not None:
@@ -1055,8 +1111,7 @@ def build_clip(pieces: Sequence[SegmentPiece], start: float, stop: float,
     return ClipResult(clip_start, clip_stop, (stop_t - start_t) / vts, size)
 
 
-def _write_atomically(out_path: str, header: bytes, chunks: list[_Chunk],
-                      paths: list[str]) -> int:
+def _write_atomically(out_path: str, header: bytes, chunks: list[_Chunk], paths: list[str]) -> int:
     directory, name = os.path.split(os.path.abspath(out_path))
     tmp_path = os.path.join(directory, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -61,7 +62,13 @@ class ClipWorker(Service):
         self._loop.clock = self.reactor
         d = defer.ensureDeferred(self._resume_interrupted())
         d.addErrback(lambda f: log.failure("cannot resume clip jobs", f))
-        d.addBoth(lambda _: self._loop.start(self.poll_interval, now=True) if self.running else None)
+        d.addBoth(
+            lambda _: self._loop.start(self.poll_interval, now=True) if self.running else None
+        )
+
+    def _start_polling(self, _: object) -> None:
+        if self.running and self._loop is not None:
+            self._loop.start(self.poll_interval, now=True)
 
     def stopService(self) -> None:
         super().stopService()

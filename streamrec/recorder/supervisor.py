@@ -17,17 +17,16 @@ from __future__ import annotations
 import csv
 import os
 import random
-import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
-from twisted.internet.threads import deferToThreadPool
 
 from ..store import SqlStore
 from .command import PROGRESS_FD, SegmenterSettings, segment_index, segment_name, segmenter_args
@@ -473,9 +472,7 @@ class Recorder:
             run.last_index = max(run.last_index, number)
         await self._index(run, path, media_end=media_end)
 
-    async def _index(
-        self, run: Run, path: str, media_end: float | None = None
-    ) -> None:
+    async def _index(self, run: Run, path: str, media_end: float | None = None) -> None:
         try:
             size = os.path.getsize(path)
             first, last = await self.run_blocking(

@@ -7,9 +7,10 @@ Nothing here knows about HTTP or ffmpeg. Every method returns an awaitable
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -199,9 +200,7 @@ class SqlStore:
         )
 
     async def set_last_error(self, stream_id: int, error: str | None) -> None:
-        await self._operation(
-            "UPDATE streams SET last_error = ? WHERE id = ?", (error, stream_id)
-        )
+        await self._operation("UPDATE streams SET last_error = ? WHERE id = ?", (error, stream_id))
 
     # -- runs and segments ----------------------------------------------
     async def open_run(self, stream_id: int, now: float) -> int:
@@ -465,9 +464,7 @@ class SqlStore:
                 (job_id, clip.seq, clip.link, clip.storage_key, clip.start, clip.stop, clip.bytes),
             )
         txn.execute(
-            self._sql(
-                "UPDATE clip_jobs SET status = ?, progress = 1, updated_at = ? WHERE id = ?"
-            ),
+            self._sql("UPDATE clip_jobs SET status = ?, progress = 1, updated_at = ? WHERE id = ?"),
             (JOB_DONE, now, job_id),
         )
 
