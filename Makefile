@@ -19,7 +19,8 @@ run: install
 	$(VENV)/bin/twistd -n --pidfile= streamrec
 
 lint:
-	$(VENV)/bin/ruff check streamrec tests
+	$(VENV)/bin/ruff check streamrec tests bench
+	$(VENV)/bin/mypy streamrec
 
 bench: install
 	$(VENV)/bin/python bench/clip_bench.py

@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         "postgresql": ["txpostgres>=1.7", "psycopg2-binary>=2.9"],
-        "test": ["numpy", "ruff"],
+        "test": ["numpy", "ruff", "mypy", "mypy-zope"],
     },
     entry_points={"console_scripts": []},
     classifiers=[

@@ -110,7 +110,7 @@ class StreamrecAPI:
     ) -> None:
         self.streams = streams
         self.clip_files = clip_files
-        self.plugins = plugins
+        self.plugin_info = plugins
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -120,7 +120,7 @@ class StreamrecAPI:
         error = failure.value
         return json_response(request, {"error_message": error.message, **error.extra}, error.status)
 
-    @app.handle_errors
+    @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Any) -> bytes:
         log.failure("unexpected error answering {uri}", failure, uri=request.uri)
         return json_response(request, {"error_message": "Internal error"}, 500)
@@ -188,6 +188,7 @@ class StreamrecAPI:
         params = read_params(request)
         sid = parse_id(stream_id)
         start = parse_time(params, "start", required=True)
+        assert start is not None
         stop = parse_time(params, "stop", required=False)
         options = {k: v for k, v in params.items() if k not in CLIP_PARAMS}
         try:
@@ -204,7 +205,7 @@ class StreamrecAPI:
 
     @app.route("/plugins", methods=["GET"])
     def plugins(self, request: IRequest) -> bytes:
-        return json_response(request, self.plugins())
+        return json_response(request, self.plugin_info())
 
     @app.route("/clips/", branch=True)
     def clips(self, request: IRequest) -> IResource:

@@ -154,8 +154,9 @@ class Options(usage.Options):
             raise usage.UsageError(f"cannot read config {path}: {error}") from None
         if not parser.has_section("streamrec"):
             raise usage.UsageError(f"config {path} has no [streamrec] section")
-        defaults = {name: value for name, _, value, *_ in self.optParameters}
-        coercers = {p[0]: p[4] for p in self.optParameters if len(p) > 4}
+        parameters: list[list[Any]] = self.optParameters  # type: ignore[assignment]
+        defaults = {p[0]: p[2] for p in parameters}
+        coercers = {p[0]: p[4] for p in parameters if len(p) > 4}
         for key, value in parser.items("streamrec"):
             if key not in defaults or key == "config":
                 raise usage.UsageError(f"config {path}: unknown option {key!r}")

@@ -394,3 +394,10 @@ class APIFailureTests(APIBase):
 
     async def _broken(self, stream_id: int) -> None:
         raise OSError("database is locked")
+
+
+class PluginsRouteTests(APIBase):
+    @defer.inlineCallbacks
+    def test_lists_what_is_loaded(self):
+        code, answer = yield defer.ensureDeferred(self.call("GET", "/plugins"))
+        self.assertEqual((code, answer), (200, {"plugins": []}))

@@ -470,7 +470,7 @@ def _parse_traf(
         version, _f, q = _full_box(buf, tfdt[0])
         (dts,) = struct.unpack_from(">Q" if version == 1 else ">I", buf, q)
         dts -= track.time_offset
-    samples, raw_cto = _Samples(), []
+    samples, raw_cto = _Samples(), list[int]()
     data_pos = tf["base"]
     for typ, body, box_end in _children(buf, start, end):
         if typ == b"trun":
@@ -912,7 +912,7 @@ class _Chunk:
 
 
 def _chunks(sel: _Selection) -> list[_Chunk]:
-    line, chunks = sel.line, []
+    line, chunks = sel.line, list[_Chunk]()
     for i in range(sel.first, sel.last):
         c = chunks[-1] if chunks else None
         if c and c.piece == line.piece[i] and c.offset + c.size == line.offset[i]:

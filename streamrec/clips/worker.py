@@ -62,9 +62,7 @@ class ClipWorker(Service):
         self._loop.clock = self.reactor
         d = defer.ensureDeferred(self._resume_interrupted())
         d.addErrback(lambda f: log.failure("cannot resume clip jobs", f))
-        d.addBoth(
-            lambda _: self._loop.start(self.poll_interval, now=True) if self.running else None
-        )
+        d.addBoth(self._start_polling)
 
     def _start_polling(self, _: object) -> None:
         if self.running and self._loop is not None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -233,7 +233,7 @@ class Recorder:
     ) -> None:
         self.stream_id = stream_id
         self.url = url
-        self.reactor: IReactorProcess & IReactorTime = reactor
+        self.reactor = reactor
         self.store = store
         self.ffmpeg = ffmpeg
         self.data_dir = data_dir
@@ -453,8 +453,9 @@ class Recorder:
         self.reconnects += 1 if self.run is not None else 0
 
         def failed(failure: Failure) -> None:
-            failure.trap(CannotStart)
-            self._set_state(RECONNECTING, failure.value.reason)
+            error = failure.trap(CannotStart) and failure.value
+            assert isinstance(error, CannotStart)
+            self._set_state(RECONNECTING, error.reason)
             if self.wanted:
                 self._schedule_restart()
 
