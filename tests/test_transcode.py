@@ -156,6 +156,68 @@ class ProgressTests(unittest.SynchronousTestCase):
         self.assertIn("cannot run ffmpeg", str(self.failureResultOf(d, FfmpegFailed).value))
 
 
+class RealProcessTests(unittest.TestCase):
+    """run_ffmpeg with the real reactor and a real ffmpeg."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_cancel_kills_a_real_ffmpeg(self):
+        from twisted.internet import reactor
+
+        from streamrec.ffmpeg import find_ffmpeg
+
+        spawned: list[Any] = []
+
+        class Recording:  # the real reactor, remembering the process it spawns
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reactor, name)
+
+            def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+                spawned.append(reactor.spawnProcess(*args, **kwargs))
+                return spawned[-1]
+
+        seen: list[float] = []
+        args = [find_ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
+        args += ["-progress", "pipe:1", "-stats_period", "0.1", "-re", "-f", "lavfi"]
+        args += ["-i", "testsrc2=size=160x120:rate=25", "-t", "30", "-f", "null", "-"]
+        d = run_ffmpeg(Recording(), args, 30.0, seen.append)
+        yield until_deferred(lambda: bool(seen), 10)
+        [process] = spawned
+        self.assertIsNotNone(process.pid)
+        started = time.monotonic()
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        yield until_deferred(lambda: process.pid is None, 10)  # reaped
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertTrue(0 < seen[-1] < 0.5, seen)  # no "progress=end" after a stop
+
+    @defer.inlineCallbacks
+    def test_real_failure_message(self):
+        from twisted.internet import reactor
+
+        from streamrec.ffmpeg import find_ffmpeg
+
+        args = [find_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+        args += ["-progress", "pipe:1", "-i", "/nonexistent/input.mp4", "-f", "null", "-"]
+        failure = yield self.assertFailure(
+            run_ffmpeg(reactor, args, 1.0, lambda f: None), FfmpegFailed
+        )
+        self.assertIn("No such file or directory", str(failure))
+
+
+def until_deferred(check: Any, timeout: float) -> defer.Deferred[None]:
+    return defer.ensureDeferred(_until(check, timeout))
+
+
+async def _until(check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await sleep(0.05)
+
+
 class OptionTests(unittest.SynchronousTestCase):
     def test_defaults(self):
         choice = video_options({})

@@ -254,6 +254,7 @@ class ProgressProtocol(ProcessProtocol):
         self._buffers = {1: b"", 2: b""}
         self._kill_call: Any = None
         self._ended = False
+        self._stopping = False
 
     # -- output ----------------------------------------------------------
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -281,6 +282,8 @@ class ProgressProtocol(ProcessProtocol):
             self._report(1.0)
 
     def _report(self, fraction: float) -> None:
+        if self._stopping:  # a stopped ffmpeg still says progress=end
+            return
         fraction = min(max(fraction, 0.0), 1.0)
         if fraction > self.fraction:
             self.fraction = fraction
@@ -326,6 +329,7 @@ class ProgressProtocol(ProcessProtocol):
         """Stop ffmpeg: SIGTERM now, SIGKILL if still running after the grace time."""
         if self._ended or self.transport is None:
             return
+        self._stopping = True
         self._signal("TERM")
         if self._kill_call is None:
             self._kill_call = self.reactor.callLater(self.kill_grace, self._signal, "KILL")
