@@ -335,6 +335,8 @@ class ProgressProtocol(ProcessProtocol):
             self._kill_call = self.reactor.callLater(self.kill_grace, self._signal, "KILL")
 
     def _signal(self, name: str) -> None:
+        if self.transport is None:
+            return
         try:
             self.transport.signalProcess(name)
         except error.ProcessExitedAlready:
@@ -352,12 +354,12 @@ def run_ffmpeg(
     """
     protocol = ProgressProtocol(reactor, duration, progress)
     try:
-        reactor.spawnProcess(
+        process = reactor.spawnProcess(
             protocol, args[0], list(args), env=None, childFDs={0: "w", 1: "r", 2: "r"}
         )
     except OSError as failure:
         return defer.fail(FfmpegFailed(f"cannot run ffmpeg: {failure}"))
-    protocol.transport.closeStdin()
+    process.closeStdin()
     trigger = reactor.addSystemEventTrigger("before", "shutdown", protocol.stop)
 
     def forget(result: Any) -> Any:
