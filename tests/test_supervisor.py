@@ -74,6 +74,7 @@ class FakeStore:
         self.runs: list[tuple[int, float]] = []
         self.closed_runs: list[tuple[int, str]] = []
         self.segments: dict[int, list[Any]] = {}
+        self.shifts: list[float] = []
 
     async def open_run(self, stream_id: int, now: float) -> int:
         self.runs.append((stream_id, now))
@@ -87,6 +88,7 @@ class FakeStore:
         return len(self.segments)
 
     async def shift_run(self, run_id: int, delta: float) -> None:
+        self.shifts.append(delta)
         for segment in self.segments.values():
             if segment[0] == run_id:
                 segment[2] += delta
@@ -225,6 +227,28 @@ class RecorderTests(RecorderBase):
         self.assertAlmostEqual(end3, t0 + 0.05 + 5.0, places=6)
         self.assertEqual(len(self.listener.segments), 2)
 
+    def test_segments_written_while_catching_up_wait_for_a_settled_clock(self):
+        t0 = self.reactor.seconds()
+        started = self.start()
+        process = self.reactor.processes[0]
+        self.reactor.advance(5.0)  # probing the source
+        process.opened()
+        self.successResultOf(started)
+        process.say(3, "out_time_us=500000\nprogress=continue\n")
+        for index, end in enumerate((2.0, 4.0)):  # the burst of what was buffered
+            self.reactor.advance(0.01)
+            self.write_segment(process, f"seg00000{index}.mp4", (0.0, 2.0))
+            process.say(1, f"seg00000{index}.mp4,{end - 2},{end}\n")
+        self.assertEqual(self.store.segments, {})
+        self.reactor.advance(0.48)
+        process.say(3, "out_time_us=4600000\nprogress=continue\n")
+        self.assertEqual(self.store.segments, {})
+        self.reactor.advance(0.5)
+        process.say(3, "out_time_us=5100000\nprogress=continue\n")
+        ends = [segment[3] - t0 for segment in self.store.segments.values()]
+        self.assertEqual([round(end, 6) for end in ends], [2.9, 4.9])
+        self.assertEqual(self.store.shifts, [])
+
     def test_stop_interrupts_then_kills(self):
         started = self.start()
         [process] = self.reactor.processes
@@ -347,10 +371,14 @@ class RecorderFaultTests(RecorderBase):
     """The watchdog, bad segments and a full disk."""
 
     def opened(self) -> FakeProcess:
+        """A segmenter that opened its source and whose clock has settled."""
         started = self.start()
         process = self.reactor.processes[-1]
         process.opened()
         self.successResultOf(started)
+        process.say(3, "out_time_us=100000\nprogress=continue\n")
+        self.reactor.advance(0.5)
+        process.say(3, "out_time_us=600000\nprogress=continue\n")
         return process
 
     def test_watchdog_restarts_a_stalled_segmenter(self):

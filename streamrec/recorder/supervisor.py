@@ -40,6 +40,10 @@ RECORDING = "recording"
 RECONNECTING = "reconnecting"
 DISK_FULL = "disk_full"
 
+# Segments are indexed at the latest this long after ffmpeg started, even if
+# its output never settled to the pace of the wall clock.
+SETTLE_LIMIT = 15.0
+
 DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded")
 
 ERROR_WORDS = (
@@ -155,6 +159,9 @@ class Run:
     exited: bool = False
     disk_full: bool = False
     stall: str | None = None
+    settled: bool = False
+    held: list[tuple[str, float, float]] = field(default_factory=list)
+    last_observation: tuple[float, float] | None = None
     stderr_tail: list[str] = field(default_factory=list)
     waiters: list[defer.Deferred[None]] = field(default_factory=list)
     done: defer.Deferred[None] = field(default_factory=defer.Deferred)
@@ -170,11 +177,39 @@ class Run:
         self.chain.addErrback(self.recorder.log_failure, "indexing failed")
 
     def observe(self, wall: float, media: float) -> None:
+        if not self.settled:
+            self._settle(wall, media)
         bound = wall - media
         if self.anchor is None or bound < self.anchor - 0.002:
             self.anchor = bound
             if self.indexed_anchor is not None:
                 self._later(self.recorder.reanchor, self)
+
+    def _settle(self, wall: float, media: float) -> None:
+        """Hold segments back while ffmpeg catches up after probing the source.
+
+        Right after it opens a source, ffmpeg writes out at once what it
+        buffered while probing: media time runs ahead of the wall clock and
+        the anchor is still far too late. Once media time advances at the
+        pace of the wall clock (or after SETTLE_LIMIT seconds), the anchor
+        is good to a few milliseconds and the held segments are indexed.
+        """
+        previous = self.last_observation
+        if previous is None:
+            self.last_observation = (wall, media)
+            return
+        elapsed = wall - previous[0]
+        if elapsed < 0.3:
+            return
+        if media - previous[1] <= elapsed * 1.1 or wall - self.started_at > SETTLE_LIMIT:
+            self._release()
+        self.last_observation = (wall, media)
+
+    def _release(self) -> None:
+        self.settled = True
+        held, self.held = self.held, []
+        for name, media_start, media_end in held:
+            self._later(self.recorder.index_segment, self, name, media_start, media_end)
 
     def segment_line(self, line: str) -> None:
         try:
@@ -184,7 +219,10 @@ class Run:
             self.recorder.log_child(line)
             return
         self.observe(self.recorder.now(), media_end)
-        self._later(self.recorder.index_segment, self, name, media_start, media_end)
+        if self.settled:
+            self._later(self.recorder.index_segment, self, name, media_start, media_end)
+        else:
+            self.held.append((name, media_start, media_end))
 
     def progress_line(self, line: str) -> None:
         key, _, value = line.partition("=")
@@ -206,6 +244,7 @@ class Run:
 
     def ended(self, reason: Failure) -> None:
         self.exited = True
+        self._release()
         self._later(self.recorder.run_ended, self, reason)
         self.chain.addBoth(lambda _: self.done.callback(None))
 
