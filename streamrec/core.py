@@ -199,6 +199,9 @@ class Streams:
         # Only the parameters the encoder takes are part of the job's identity.
         accepted = getattr(known[encoder], "options", ())
         options = {key: value for key, value in options.items() if key in accepted}
+        validate = getattr(known[encoder], "validate", None)
+        if validate is not None:
+            validate(options)  # raises BadRequest with what is wrong
         now = self.now()
         recording = self.is_recording(stream_id) or stream.wanted
         default_stop = now if recording else (stream.stop_date or now)

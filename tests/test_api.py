@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from streamrec.api import StreamrecAPI
-from streamrec.core import Streams
+from streamrec.core import BadRequest, Streams
 from streamrec.recorder.supervisor import CannotStart
 from streamrec.store import JOB_DONE, Clip, open_store
 
@@ -45,6 +45,10 @@ class FakeRecorder:
 
 class FakeEncoder:
     options = ("speed",)
+
+    def validate(self, options: dict[str, str]) -> None:
+        if not options.get("speed", "1").isdigit():
+            raise BadRequest(f"speed must be a whole number, not {options['speed']!r}")
 
 
 class APIBase(unittest.TestCase):

@@ -35,6 +35,15 @@ class RecordingEncoder:
         return ClipResult(request.start, request.stop, request.stop - request.start, 4)
 
 
+class StuckEncoder:
+    """Writes part of a clip, then never finishes."""
+
+    async def encode(self, request: EncodeRequest) -> ClipResult:
+        with open(request.out_path, "wb") as handle:
+            handle.write(b"half")
+        return await defer.Deferred()
+
+
 class MemoryStorage:
     def __init__(self) -> None:
         self.stored: dict[str, bytes] = {}
@@ -66,7 +75,11 @@ class WorkerTests(unittest.TestCase):
             reactor=self.clock,
             store=self.store,
             storage=self.storage,
-            encoders={"copy": self.encoder, "broken": RecordingEncoder(fail="codec exploded")},
+            encoders={
+                "copy": self.encoder,
+                "broken": RecordingEncoder(fail="codec exploded"),
+                "stuck": StuckEncoder(),
+            },
             scratch_dir=os.path.join(self.dir, "tmp"),
             is_recording=lambda stream_id: self.recording,
             notify=lambda hook, **kw: self.notified.append((hook, kw)),
@@ -174,3 +187,19 @@ class WorkerTests(unittest.TestCase):
             self.clock.advance(0.5)
         self.assertEqual(current.status, JOB_DONE)
         self.assertEqual(len(current.clips), 1)
+
+    @defer.inlineCallbacks
+    def test_stopping_leaves_builds_resumable(self):
+        job = yield defer.ensureDeferred(self.job(T - 50, T - 45, encoder="stuck"))
+        self.worker.startService()
+        for _ in range(100):
+            if job.id in self.worker.builds:
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(os.listdir(self.worker.scratch_dir)), 1)
+        self.worker.stopService()
+        current = yield defer.ensureDeferred(self.store.get_job(job.id))
+        self.assertEqual(current.status, JOB_PROCESSING)
+        self.assertEqual(os.listdir(self.worker.scratch_dir), [])
+        self.assertEqual(self.worker.builds, {})

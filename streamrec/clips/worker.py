@@ -11,6 +11,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..plugins import EncodeRequest, StorageBackend
 from ..store import JOB_FAILED, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, SqlStore
@@ -50,6 +51,7 @@ class ClipWorker(Service):
         self.late_grace = late_grace
         self.running_jobs: set[int] = set()
         self.reading: dict[int, set[str]] = {}
+        self.builds: dict[int, defer.Deferred[None]] = {}
         self._loop: task.LoopingCall | None = None
         self._ticking = False
 
@@ -69,9 +71,13 @@ class ClipWorker(Service):
             self._loop.start(self.poll_interval, now=True)
 
     def stopService(self) -> None:
+        """Stop polling and abandon builds under way: they stay ``processing``
+        and are built again by the next start."""
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        for build in list(self.builds.values()):
+            build.cancel()
 
     async def _resume_interrupted(self) -> None:
         """Jobs a previous process left half-built are built again from scratch."""
@@ -101,17 +107,22 @@ class ClipWorker(Service):
             if job.id in self.running_jobs or not await self._ready(job):
                 continue
             self.running_jobs.add(job.id)
-            d = defer.ensureDeferred(self.build(job))
-            d.addErrback(lambda f: log.failure("clip job crashed", f))
+            d = self.builds[job.id] = defer.ensureDeferred(self.build(job))
+            d.addErrback(self._crashed)
             d.addBoth(self._finished, job.id)
 
     def paths_in_use(self) -> set[str]:
         """Segment files that jobs being built are reading."""
         return set().union(*self.reading.values())
 
+    def _crashed(self, failure: Failure) -> None:
+        if not failure.check(defer.CancelledError):
+            log.failure("clip job crashed", failure)
+
     def _finished(self, _: object, job_id: int) -> None:
         self.running_jobs.discard(job_id)
         self.reading.pop(job_id, None)
+        self.builds.pop(job_id, None)
         self.wake()
 
     async def _ready(self, job: ClipJob) -> bool:
@@ -158,6 +169,10 @@ class ClipWorker(Service):
                 out_path = None
                 made.append(Clip(seq, link, key, result.start, result.stop, result.size))
             await self.store.finish_job(job.id, made, now())
+        except defer.CancelledError:
+            if out_path is not None and os.path.exists(out_path):
+                os.remove(out_path)
+            raise
         except Exception as failure:
             message = str(failure) or failure.__class__.__name__
             log.failure("clip job {job_id} failed", job_id=job.id)
