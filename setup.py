@@ -3,7 +3,10 @@ from setuptools import find_packages, setup
 setup(
     name="streamrec",
     version="0.1.0",
-    description="Record live video sources (RTSP, HLS, RTMP, SRT, HTTP, UDP) and cut MP4 clips over a JSON HTTP API",
+    description=(
+        "Record live video sources (RTSP, HLS, RTMP, SRT, HTTP, UDP) and cut MP4 clips"
+        " over a JSON HTTP API"
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",

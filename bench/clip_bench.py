@@ -43,8 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -80,8 +80,11 @@ def ffmpeg_path() -> str:
 
 def record(ffmpeg: str, seconds: int, size: str) -> tuple[str, list[str]]:
     """Return (directory, segment paths) of a cached recording of ``seconds`` s."""
-    key = hashlib.sha1(json.dumps([CACHE_VERSION, seconds, size, VIDEO_BITRATE, FPS,
-                                   GOP_SECONDS, SEGMENT_SECONDS]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        json.dumps(
+            [CACHE_VERSION, seconds, size, VIDEO_BITRATE, FPS, GOP_SECONDS, SEGMENT_SECONDS]
+        ).encode()
+    ).hexdigest()[:12]
     directory = os.path.join(tempfile.gettempdir(), f"streamrec-clip-bench-{key}")
     manifest = os.path.join(directory, "segments.json")
     if os.path.exists(manifest):
@@ -94,18 +97,62 @@ def record(ffmpeg: str, seconds: int, size: str) -> tuple[str, list[str]]:
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
     gop = FPS * GOP_SECONDS
-    cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin",
-           "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={FPS}",
-           "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-           "-t", str(seconds), "-map", "0:v:0", "-map", "1:a:0",
-           "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-           "-b:v", VIDEO_BITRATE, "-maxrate", VIDEO_BITRATE, "-bufsize", "4M",
-           "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-           "-c:a", "aac", "-b:a", AUDIO_BITRATE,
-           "-f", "segment", "-segment_time", str(SEGMENT_SECONDS), "-segment_format", "mp4",
-           "-segment_format_options", FRAG,
-           "-segment_list", "pipe:1", "-segment_list_type", "csv",
-           os.path.join(directory, "seg%06d.mp4")]
+    cmd = [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate={FPS}",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        str(seconds),
+        "-map",
+        "0:v:0",
+        "-map",
+        "1:a:0",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-b:v",
+        VIDEO_BITRATE,
+        "-maxrate",
+        VIDEO_BITRATE,
+        "-bufsize",
+        "4M",
+        "-g",
+        str(gop),
+        "-keyint_min",
+        str(gop),
+        "-sc_threshold",
+        "0",
+        "-c:a",
+        "aac",
+        "-b:a",
+        AUDIO_BITRATE,
+        "-f",
+        "segment",
+        "-segment_time",
+        str(SEGMENT_SECONDS),
+        "-segment_format",
+        "mp4",
+        "-segment_format_options",
+        FRAG,
+        "-segment_list",
+        "pipe:1",
+        "-segment_list_type",
+        "csv",
+        os.path.join(directory, "seg%06d.mp4"),
+    ]
     print(f"recording: {seconds} s of {size} into {directory} ...", end=" ", flush=True)
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -127,8 +174,9 @@ def make_pieces(paths: list[str]) -> list[tuple[SegmentPiece, float]]:
     return pieces
 
 
-def overlapping(pieces: list[tuple[SegmentPiece, float]], start: float,
-                stop: float) -> list[SegmentPiece]:
+def overlapping(
+    pieces: list[tuple[SegmentPiece, float]], start: float, stop: float
+) -> list[SegmentPiece]:
     """The segments a recorder index would return for [start, stop)."""
     return [p for p, d in pieces if p.wall_start < stop and p.wall_start + d > start]
 
@@ -143,10 +191,29 @@ def run_build_clip(pieces: list[SegmentPiece], start: float, stop: float, out: s
 
 
 def run_ffmpeg_concat(ffmpeg: str, list_path: str, out: str) -> None:
-    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-                    "-f", "concat", "-safe", "0", "-i", list_path,
-                    "-c", "copy", "-movflags", "+faststart", out],
-                   check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            ffmpeg,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            list_path,
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+            out,
+        ],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def run_byte_copy(paths: list[str], out: str) -> None:
@@ -228,10 +295,19 @@ print(json.dumps({"before": before, "after": after, "size": result.size}))
 
 def peak_rss(pieces: list[SegmentPiece], start: float, stop: float, out: str) -> dict:
     """Peak RSS (KiB) of a fresh interpreter before and after one build_clip."""
-    job = {"pieces": [(p.path, p.wall_start) for p in pieces], "start": start, "stop": stop,
-           "out": out}
-    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, REPO], input=json.dumps(job),
-                          capture_output=True, text=True, check=True)
+    job = {
+        "pieces": [(p.path, p.wall_start) for p in pieces],
+        "start": start,
+        "stop": stop,
+        "out": out,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, REPO],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout)
 
 
@@ -253,16 +329,20 @@ def main() -> int:
         parser.error("--seconds and --repeat must be >= 1")
 
     ffmpeg = ffmpeg_path()
-    print(f"python {sys.version.split()[0]}, PyAV {av.__version__}, "
-          f"{subprocess.run([ffmpeg, '-version'], capture_output=True, text=True).stdout.split(chr(10))[0]}")
+    print(
+        f"python {sys.version.split()[0]}, PyAV {av.__version__}, "
+        f"{subprocess.run([ffmpeg, '-version'], capture_output=True, text=True).stdout.split(chr(10))[0]}"
+    )
     print(f"streamrec.clips.mp4 from {mp4.__file__}")
 
     _directory, paths = record(ffmpeg, args.seconds + 10, args.size)
     pieces = make_pieces(paths)
     total = sum(d for _p, d in pieces)
     total_bytes = sum(os.path.getsize(p.path) for p, _d in pieces)
-    print(f"segments: {len(pieces)} x ~{SEGMENT_SECONDS} s, {total:.2f} s, "
-          f"{total_bytes / 1e6:.1f} MB ({total_bytes * 8 / total / 1e6:.2f} Mb/s)")
+    print(
+        f"segments: {len(pieces)} x ~{SEGMENT_SECONDS} s, {total:.2f} s, "
+        f"{total_bytes / 1e6:.1f} MB ({total_bytes * 8 / total / 1e6:.2f} Mb/s)"
+    )
 
     work = tempfile.mkdtemp(prefix="streamrec-clip-bench-out-")
     try:
@@ -279,18 +359,32 @@ def main() -> int:
             write_concat_list(used_paths, list_path)
             outs = {m: os.path.join(work, f"{m}-{length}.mp4") for m in ("clip", "concat", "copy")}
             group = [
-                Row(label, "build_clip", lambda u=used, a=start, b=stop, o=outs["clip"]:
-                    run_build_clip(u, a, b, o), outs["clip"]),
-                Row(label, "ffmpeg concat -c copy", lambda lp=list_path, o=outs["concat"]:
-                    run_ffmpeg_concat(ffmpeg, lp, o), outs["concat"]),
-                Row(label, "byte copy (floor)", lambda u=used_paths, o=outs["copy"]:
-                    run_byte_copy(u, o), outs["copy"]),
+                Row(
+                    label,
+                    "build_clip",
+                    lambda u=used, a=start, b=stop, o=outs["clip"]: run_build_clip(u, a, b, o),
+                    outs["clip"],
+                ),
+                Row(
+                    label,
+                    "ffmpeg concat -c copy",
+                    lambda lp=list_path, o=outs["concat"]: run_ffmpeg_concat(ffmpeg, lp, o),
+                    outs["concat"],
+                ),
+                Row(
+                    label,
+                    "byte copy (floor)",
+                    lambda u=used_paths, o=outs["copy"]: run_byte_copy(u, o),
+                    outs["copy"],
+                ),
             ]
             groups[label] = group
             rows += group
-            print(f"clip {label}: wall [T0+{start - T0:g}, T0+{stop - T0:g}) "
-                  f"(mid-GOP start), {len(used)} segments, "
-                  f"{sum(os.path.getsize(p) for p in used_paths) / 1e6:.1f} MB in")
+            print(
+                f"clip {label}: wall [T0+{start - T0:g}, T0+{stop - T0:g}) "
+                f"(mid-GOP start), {len(used)} segments, "
+                f"{sum(os.path.getsize(p) for p in used_paths) / 1e6:.1f} MB in"
+            )
 
         rss_at_start = maxrss_kib()
         for row in rows:  # warm-up: page cache, imports, ffmpeg binary
@@ -298,7 +392,7 @@ def main() -> int:
         for i in range(args.repeat):
             # Interleave the methods and rotate their order so drift on a
             # shared machine hits all of them alike.
-            order = rows[i % len(rows):] + rows[:i % len(rows)]
+            order = rows[i % len(rows) :] + rows[: i % len(rows)]
             for row in order:
                 t = time.perf_counter()
                 row.run()
@@ -306,10 +400,14 @@ def main() -> int:
         rss_after_runs = maxrss_kib()  # before PyAV opens the outputs below
 
         print()
-        print(f"{args.repeat} timed runs each (after 1 warm-up), interleaved; "
-              f"ratio = median / median of ffmpeg concat")
-        header = (f"{'clip':>6}  {'method':<22} {'median ms':>10} {'min ms':>8} {'max ms':>8} "
-                  f"{'out bytes':>11} {'out dur s':>9} {'x ffmpeg':>9}")
+        print(
+            f"{args.repeat} timed runs each (after 1 warm-up), interleaved; "
+            f"ratio = median / median of ffmpeg concat"
+        )
+        header = (
+            f"{'clip':>6}  {'method':<22} {'median ms':>10} {'min ms':>8} {'max ms':>8} "
+            f"{'out bytes':>11} {'out dur s':>9} {'x ffmpeg':>9}"
+        )
         print(header)
         print("-" * len(header))
         for label, group in groups.items():
@@ -317,16 +415,22 @@ def main() -> int:
             for row in group:
                 med = statistics.median(row.times)
                 dur = media_duration(row.out) if row.method != "byte copy (floor)" else None
-                print(f"{label:>6}  {row.method:<22} {fmt_ms(med):>10} "
-                      f"{fmt_ms(min(row.times)):>8} {fmt_ms(max(row.times)):>8} "
-                      f"{os.path.getsize(row.out):>11,} "
-                      f"{(f'{dur:.2f}' if dur is not None else '-'):>9} {med / base:>9.3f}")
+                print(
+                    f"{label:>6}  {row.method:<22} {fmt_ms(med):>10} "
+                    f"{fmt_ms(min(row.times)):>8} {fmt_ms(max(row.times)):>8} "
+                    f"{os.path.getsize(row.out):>11,} "
+                    f"{(f'{dur:.2f}' if dur is not None else '-'):>9} {med / base:>9.3f}"
+                )
 
         print()
-        print("peak RSS around one build_clip in a fresh Python process "
-              "(streamrec imported before; KiB):")
-        print(f"{'clip':>8} {'VmHWM before':>13} {'after':>9} {'growth':>7}   "
-              f"{'ru_maxrss before':>16} {'after':>9} {'out bytes':>12}")
+        print(
+            "peak RSS around one build_clip in a fresh Python process "
+            "(streamrec imported before; KiB):"
+        )
+        print(
+            f"{'clip':>8} {'VmHWM before':>13} {'after':>9} {'growth':>7}   "
+            f"{'ru_maxrss before':>16} {'after':>9} {'out bytes':>12}"
+        )
         rss_lengths = sorted({10, args.seconds, int(total - START_OFFSET)})
         for length in rss_lengths:
             start = T0 + START_OFFSET
@@ -335,13 +439,17 @@ def main() -> int:
             r = peak_rss(used, start, stop, os.path.join(work, f"rss-{length}.mp4"))
             b, a = r["before"], r["after"]
             growth = a["hwm"] - b["hwm"] if a["hwm"] is not None else None
-            print(f"{stop - start:>7.1f}s {b['hwm'] or '-':>13,} {a['hwm'] or '-':>9,} "
-                  f"{growth if growth is not None else '-':>7,}   "
-                  f"{b['maxrss']:>16,} {a['maxrss']:>9,} {r['size']:>12,}")
+            print(
+                f"{stop - start:>7.1f}s {b['hwm'] or '-':>13,} {a['hwm'] or '-':>9,} "
+                f"{growth if growth is not None else '-':>7,}   "
+                f"{b['maxrss']:>16,} {a['maxrss']:>9,} {r['size']:>12,}"
+            )
         print("(ru_maxrss of a child starts at the parent's peak on Linux, hence VmHWM)")
-        print(f"this benchmark process (PyAV loaded), ru_maxrss: {rss_at_start:,} KiB before "
-              f"the warm-up and timed runs, {rss_after_runs:,} KiB after all "
-              f"{(args.repeat + 1) * len(rows)} runs")
+        print(
+            f"this benchmark process (PyAV loaded), ru_maxrss: {rss_at_start:,} KiB before "
+            f"the warm-up and timed runs, {rss_after_runs:,} KiB after all "
+            f"{(args.repeat + 1) * len(rows)} runs"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

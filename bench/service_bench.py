@@ -67,9 +67,7 @@ SLICE = 5.0  # the CPU table has one row per SLICE seconds
 
 # twistd as a process of this interpreter. ``python -m twisted.scripts.twistd``
 # does nothing (that module has no ``__main__`` block), so call its ``run()``.
-TWISTD = (
-    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-)
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
 class BenchError(RuntimeError):
@@ -196,29 +194,48 @@ class ServiceProcess:
         """twistd must list the streamrec plugin; return where streamrec comes from."""
         out = subprocess.run(
             [sys.executable, "-c", TWISTD, "--help"],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=60,
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if not any(line.split()[:1] == ["streamrec"] for line in out.stdout.splitlines()):
             raise BenchError(f"twistd --help does not list streamrec:\n{out.stdout}{out.stderr}")
         where = subprocess.run(
             [sys.executable, "-c", "import streamrec; print(streamrec.__file__)"],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=30,
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         return where.stdout.strip()
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-c", TWISTD, "-n", "--pidfile=", "streamrec",
-            "--listen", f"tcp:{self.port}:interface={HOST}",
-            "--data-dir", self.data_dir,
+            sys.executable,
+            "-c",
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "streamrec",
+            "--listen",
+            f"tcp:{self.port}:interface={HOST}",
+            "--data-dir",
+            self.data_dir,
         ]
 
     def start(self, timeout: float = 30.0) -> Api:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                self.command(), cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
+                self.command(),
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         finally:
             log.close()
@@ -310,13 +327,16 @@ def sample_cpu(service: ServiceProcess, seconds: float, stream_of: dict[int, str
     def child_cpu(first: dict, last: dict) -> dict[int, float]:
         """CPU seconds per child between two samples; a child that appears later
         started inside the interval, so it counts from 0."""
-        return {pid: st["cpu"] - (first[pid]["cpu"] if pid in first else 0.0)
-                for pid, st in last.items()}
+        return {
+            pid: st["cpu"] - (first[pid]["cpu"] if pid in first else 0.0)
+            for pid, st in last.items()
+        }
 
     # one row per SLICE seconds (between the samples nearest to the boundaries);
     # children that exit mid-slice are counted up to their last sample
-    print(f"  {'t (s)':>9}  {'service CPU%':>12}  {'ffmpeg children CPU% (sum)':>26}  "
-          f"{'children':>8}")
+    print(
+        f"  {'t (s)':>9}  {'service CPU%':>12}  {'ffmpeg children CPU% (sum)':>26}  {'children':>8}"
+    )
     t0 = samples[0][0]
     cuts = [0]
     boundary = SLICE
@@ -334,8 +354,10 @@ def sample_cpu(service: ServiceProcess, seconds: float, stream_of: dict[int, str
         for sample in samples[i : j + 1]:
             seen.update(sample[2])
         kids = sum(child_cpu(a[2], seen).values())
-        print(f"  {a[0] - t0:4.1f}-{b[0] - t0:4.1f}  {100 * (b[1]['cpu'] - a[1]['cpu']) / wall:12.1f}"
-              f"  {100 * kids / wall:26.1f}  {len(b[2]):8d}")
+        print(
+            f"  {a[0] - t0:4.1f}-{b[0] - t0:4.1f}  {100 * (b[1]['cpu'] - a[1]['cpu']) / wall:12.1f}"
+            f"  {100 * kids / wall:26.1f}  {len(b[2]):8d}"
+        )
 
     first, last = samples[0], samples[-1]
     wall = last[0] - first[0]
@@ -352,15 +374,19 @@ def sample_cpu(service: ServiceProcess, seconds: float, stream_of: dict[int, str
     print()
     print(f"  whole window: {wall:.1f} s wall, {len(samples)} samples (100 % = one core)")
     print(f"  {'process':<34} {'CPU%':>7} {'RSS end':>11} {'RSS max':>11}")
-    print(f"  {f'service (twistd pid {service.pid})':<34} {service_cpu:7.1f} "
-          f"{mib(last[1]['rss']):>11} {mib(service_max_rss):>11}")
+    print(
+        f"  {f'service (twistd pid {service.pid})':<34} {service_cpu:7.1f} "
+        f"{mib(last[1]['rss']):>11} {mib(service_max_rss):>11}"
+    )
     for pid in sorted(seen):
         st = seen[pid]
         gone = "" if pid in last[2] else " (exited)"
         label = f"{st['comm']} pid {pid} {stream_of.get(pid, '?')}{gone}"
         end_rss = last[2][pid]["rss"] if pid in last[2] else None
-        print(f"  {label:<34} {100 * per_child[pid] / wall:7.1f} {mib(end_rss):>11} "
-              f"{mib(max_rss[pid]):>11}")
+        print(
+            f"  {label:<34} {100 * per_child[pid] / wall:7.1f} {mib(end_rss):>11} "
+            f"{mib(max_rss[pid]):>11}"
+        )
     kids_rss = sum(st["rss"] for st in last[2].values())
     print(f"  {'all ffmpeg children':<34} {kids_cpu:7.1f} {mib(kids_rss):>11}")
     if kids_cpu > 0:
@@ -420,9 +446,25 @@ def timed_concat(ffmpeg: str, segments: list[tuple], work: str) -> dict:
             path = path if os.path.isabs(path) else os.path.join(REPO, path)
             quoted = path.replace("'", "'\\''")
             handle.write(f"file '{quoted}'\n")
-    cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-           "-f", "concat", "-safe", "0", "-i", listing, "-c", "copy",
-           "-movflags", "+faststart", out]
+    cmd = [
+        ffmpeg,
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        listing,
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        out,
+    ]
     began = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     elapsed = time.perf_counter() - began
@@ -433,14 +475,20 @@ def timed_concat(ffmpeg: str, segments: list[tuple], work: str) -> dict:
     if ffprobe:
         probe = subprocess.run(
             [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", out],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         try:
             duration = float(probe.stdout.strip())
         except ValueError:
             pass
-    result = {"seconds": elapsed, "bytes": os.path.getsize(out), "duration": duration,
-              "segments": len(segments)}
+    result = {
+        "seconds": elapsed,
+        "bytes": os.path.getsize(out),
+        "duration": duration,
+        "segments": len(segments),
+    }
     os.unlink(out)
     return result
 
@@ -502,11 +550,15 @@ def main() -> int:
     try:
         where = service.check_plugin()
         print(f"streamrec: {where}")
-        print(f"service: {' '.join(service.command()[:2])} <twistd run()> "
-              f"{' '.join(service.command()[3:])}")
+        print(
+            f"service: {' '.join(service.command()[:2])} <twistd run()> "
+            f"{' '.join(service.command()[3:])}"
+        )
         print(f"         cwd={REPO} PYTHONPATH={service.env['PYTHONPATH']}")
-        print(f"ffmpeg: {ffmpeg}; streams: {args.streams}; record: {args.record:g} s; "
-              f"CPU window: {args.window:g} s after {args.warmup:g} s; repeat: {args.repeat}")
+        print(
+            f"ffmpeg: {ffmpeg}; streams: {args.streams}; record: {args.record:g} s; "
+            f"CPU window: {args.window:g} s after {args.warmup:g} s; repeat: {args.repeat}"
+        )
 
         for _ in range(args.streams):
             source = UdpTsSource(audio="aac")
@@ -517,8 +569,9 @@ def main() -> int:
         api = service.start()
         print(f"service pid {service.pid} on {api.base}, data dir {data_dir}")
         for k, source in enumerate(sources):
-            sid = api.ok("POST", "/streams/create", url=source.url,
-                         description=f"bench source {k + 1}")["stream_id"]
+            sid = api.ok(
+                "POST", "/streams/create", url=source.url, description=f"bench source {k + 1}"
+            )["stream_id"]
             stream_ids.append(sid)
         first_start = time.monotonic()
         for sid in stream_ids:
@@ -528,8 +581,10 @@ def main() -> int:
             print(f"stream {sid} started ({time.monotonic() - began:.1f} s for start to answer)")
         recording_since = time.monotonic()
         wait_recording(api, stream_ids)
-        print(f"recording {len(stream_ids)} streams "
-              f"({time.monotonic() - recording_since:.1f} s to first segments)")
+        print(
+            f"recording {len(stream_ids)} streams "
+            f"({time.monotonic() - recording_since:.1f} s to first segments)"
+        )
 
         # which child records which stream: its command line names the source URL
         stream_of = {}
@@ -552,27 +607,41 @@ def main() -> int:
         sid = stream_ids[0]
         st = api.ok("GET", f"/streams/{sid}/status")
         rec = st["recorded"]
-        print(f"\nstream {sid} recorded {rec['seconds']:.1f} s in {rec['segments']} segments "
-              f"({mib(rec['bytes'])}), {rec['first']:.3f} .. {rec['last']:.3f}; "
-              f"state {st['state']}, reconnects {st['reconnects']}")
+        print(
+            f"\nstream {sid} recorded {rec['seconds']:.1f} s in {rec['segments']} segments "
+            f"({mib(rec['bytes'])}), {rec['first']:.3f} .. {rec['last']:.3f}; "
+            f"state {st['state']}, reconnects {st['reconnects']}"
+        )
         lo, hi = rec["first"] + 1.0, rec["last"] - 0.5
         starts10 = spread(lo, hi, 10.0, args.repeat, 0.37)
         starts60 = spread(lo, hi, 60.0, args.repeat, 0.53)
 
-        print(f"\n== get_clip (encoder copy) on stream {sid}, still recording; "
-              f"first request -> done, polled every {POLL * 1000:.0f} ms ==")
-        print(f"  {'run':<22} {'ms':>8} {'polls':>5} {'first':>10} {'clips':>5} "
-              f"{'duration':>9} {'bytes':>10} {'segments':>8}")
-        results: dict[str, list[dict]] = {"10 s clip": [], "60 s clip": [], "ffmpeg concat 60 s": []}
+        print(
+            f"\n== get_clip (encoder copy) on stream {sid}, still recording; "
+            f"first request -> done, polled every {POLL * 1000:.0f} ms =="
+        )
+        print(
+            f"  {'run':<22} {'ms':>8} {'polls':>5} {'first':>10} {'clips':>5} "
+            f"{'duration':>9} {'bytes':>10} {'segments':>8}"
+        )
+        results: dict[str, list[dict]] = {
+            "10 s clip": [],
+            "60 s clip": [],
+            "ffmpeg concat 60 s": [],
+        }
         db_path = os.path.join(data_dir, "streamrec.sqlite")
         for k in range(args.repeat):
-            for label, start, length in (("10 s clip", starts10[k], 10.0),
-                                         ("60 s clip", starts60[k], 60.0)):
+            for label, start, length in (
+                ("10 s clip", starts10[k], 10.0),
+                ("60 s clip", starts60[k], 60.0),
+            ):
                 r = timed_clip(api, sid, start, start + length)
                 results[label].append(r)
-                print(f"  {label} @+{start - rec['first']:5.2f} s {r['seconds'] * 1000:8.1f} "
-                      f"{r['polls']:5d} {r['first_status']:>10} {r['clips']:5d} "
-                      f"{r['duration']:9.3f} {r['bytes']:10d}")
+                print(
+                    f"  {label} @+{start - rec['first']:5.2f} s {r['seconds'] * 1000:8.1f} "
+                    f"{r['polls']:5d} {r['first_status']:>10} {r['clips']:5d} "
+                    f"{r['duration']:9.3f} {r['bytes']:10d}"
+                )
             start = starts60[k]
             segments = segments_for(db_path, sid, start, start + 60.0)
             runs = {s[3] for s in segments}
@@ -581,14 +650,19 @@ def main() -> int:
             r = timed_concat(ffmpeg, segments, os.path.join(data_dir, "bench-concat"))
             results["ffmpeg concat 60 s"].append(r)
             dur = "-" if r["duration"] is None else f"{r['duration']:.3f}"
-            print(f"  concat  @+{start - rec['first']:5.2f} s {r['seconds'] * 1000:8.1f} "
-                  f"{'':5} {'':>10} {1:5d} {dur:>9} {r['bytes']:10d} {r['segments']:8d}")
+            print(
+                f"  concat  @+{start - rec['first']:5.2f} s {r['seconds'] * 1000:8.1f} "
+                f"{'':5} {'':>10} {1:5d} {dur:>9} {r['bytes']:10d} {r['segments']:8d}"
+            )
 
         print(f"\n  {'':<30} {'median':>9} {'min':>9} {'max':>9}  (ms, {args.repeat} runs)")
         summary("get_clip copy, 10 s", results["10 s clip"])
         summary("get_clip copy, 60 s", results["60 s clip"])
-        summary("ffmpeg -f concat -c copy, 60 s", results["ffmpeg concat 60 s"],
-                "(whole segments, not frame-exact)")
+        summary(
+            "ffmpeg -f concat -c copy, 60 s",
+            results["ffmpeg concat 60 s"],
+            "(whole segments, not frame-exact)",
+        )
         m60 = statistics.median(r["seconds"] for r in results["60 s clip"])
         mcat = statistics.median(r["seconds"] for r in results["ffmpeg concat 60 s"])
         print(f"  60 s: get_clip median / concat median = {m60 / mcat:.2f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
@@ -12,7 +13,7 @@ from twisted.logger import Logger
 from .clips.worker import clip_json
 from .recorder.supervisor import RECORDING, CannotStart, Recorder
 from .sources import validate_source_url
-from .store import JOB_DONE, ClipJob, SqlStore, Stream
+from .store import JOB_DONE, Clip, ClipJob, SqlStore, Stream
 
 log = Logger(namespace="streamrec.core")
 
@@ -56,6 +57,7 @@ class Streams:
         max_clip_seconds: float,
         wake_worker: Callable[[], None] = lambda: None,
         space_short: Callable[[], Any] = lambda: None,
+        fresh_link: Callable[[Clip], str] = lambda clip: clip.link,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -66,6 +68,7 @@ class Streams:
         self.max_clip_seconds = max_clip_seconds
         self.wake_worker = wake_worker
         self.space_short = space_short
+        self.fresh_link = fresh_link
         self.recorders: dict[int, Recorder] = {}
 
     def now(self) -> float:
@@ -218,7 +221,7 @@ class Streams:
         )
         if created:
             self.wake_worker()
-        return job_json(job)
+        return job_json(job, self.fresh_link)
 
     # -- service life -------------------------------------------------------
     async def resume_all(self) -> None:
@@ -242,10 +245,11 @@ def check_time(name: str, value: float) -> None:
         raise BadRequest(f"{name} must be a POSIX timestamp in seconds")
 
 
-def job_json(job: ClipJob) -> dict[str, Any]:
+def job_json(job: ClipJob, link: Callable[[Clip], str] = lambda clip: clip.link) -> dict[str, Any]:
+    clips = [replace(clip, link=link(clip)) for clip in job.clips] if job.status == JOB_DONE else []
     answer: dict[str, Any] = {
         "status": job.status,
-        "clips": [clip_json(clip) for clip in job.clips] if job.status == JOB_DONE else [],
+        "clips": [clip_json(clip) for clip in clips],
         "job_id": job.id,
         "start": job.start,
         "stop": job.stop,

@@ -52,7 +52,8 @@ def stream_stopped(stream_id: int) -> None:
 
 @hookspec
 def stream_state_changed(stream_id: int, state: str, error: str | None) -> None:
-    """A recorder changed state: stopped, starting, recording or reconnecting."""
+    """A recorder changed state: ``stopped``, ``starting``, ``recording``,
+    ``reconnecting`` or ``disk_full``; ``error`` says why when there is a reason."""
 
 
 @hookspec

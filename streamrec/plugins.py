@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import pluggy
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from . import hookspecs
-from .clips.mp4 import ClipResult, SegmentPiece
+from .clips.mp4 import ClipResult, Mp4Error, SegmentPiece, build_clip
 
 log = Logger(namespace="streamrec.plugins")
+
+# What plugins may rely on: import these names from streamrec.plugins.
+__all__ = [
+    "ClipEncoder",
+    "ClipResult",
+    "EncodeRequest",
+    "Mp4Error",
+    "PluginContext",
+    "SegmentPiece",
+    "StorageBackend",
+    "build_clip",
+    "get_plugin_manager",
+]
 
 DEFAULT_PLUGINS = (
     "streamrec.builtin.local_storage",
@@ -48,6 +62,9 @@ class EncodeRequest:
 
 
 class StorageBackend(Protocol):
+    """Keeps finished clips. It may also have ``link(key) -> str``: then every
+    get_clip answer asks it for a fresh link (for links that expire)."""
+
     async def store_clip(self, local_path: str, key: str) -> str: ...
 
     async def delete_clip(self, key: str) -> None: ...
@@ -89,9 +106,7 @@ def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
         try:
             impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
         except Exception:
-            log.failure(
-                "plugin {plugin} failed in {hook}", plugin=impl.plugin_name, hook=hook_name
-            )
+            log.failure("plugin {plugin} failed in {hook}", plugin=impl.plugin_name, hook=hook_name)
 
 
 def plugin_names(pm: pluggy.PluginManager) -> list[str]:

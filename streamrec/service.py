@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -22,7 +22,7 @@ from .recorder.command import SegmenterSettings
 from .recorder.supervisor import Backoff, Recorder
 from .recorder.validate import validate_segment
 from .recovery import recover
-from .store import Stream, open_store
+from .store import Clip, Stream, open_store
 
 log = Logger(namespace="streamrec.service")
 
@@ -47,6 +47,8 @@ class Config:
     clip_ttl: float = 7 * 86400.0
     retention_interval: float = 60.0
     reconnect_max: float = 30.0
+    # Settings of plugins by name: the [NAME] sections of the --config file.
+    plugin_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class ConfigError(ValueError):
@@ -56,9 +58,10 @@ class ConfigError(ValueError):
 class StreamrecService(MultiService):
     """Opens the store, listens, resumes recorders; shuts down gracefully."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, exit_on_failure: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.exit_on_failure = exit_on_failure
         self.reactor = reactor
         self.data_dir = os.path.abspath(config.data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
@@ -92,6 +95,7 @@ class StreamrecService(MultiService):
             max_clip_seconds=config.max_clip_seconds,
             wake_worker=self._wake_worker,
             space_short=self._space_short,
+            fresh_link=self._fresh_link,
         )
         self.api = StreamrecAPI(self.streams, self._clip_files, self._plugins)
         self.ready: defer.Deferred[None] = defer.Deferred()
@@ -121,6 +125,11 @@ class StreamrecService(MultiService):
         if self.worker is not None:
             self.worker.wake()
 
+    def _fresh_link(self, clip: Clip) -> str:
+        """Backends whose links expire (presigned URLs) make a new one per answer."""
+        link = getattr(self.storage, "link", None)
+        return link(clip.storage_key) if link is not None else clip.link
+
     def _space_short(self) -> None:
         if self.janitor is not None and self.janitor.running:
             self.janitor.run_now()
@@ -146,7 +155,9 @@ class StreamrecService(MultiService):
 
     def _start_failed(self, failure: Any) -> Any:
         log.failure("streamrec could not start", failure)
-        if self.reactor.running:
+        if self.exit_on_failure:
+            # A system service that cannot start must say so in its exit status.
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
             self.reactor.stop()
         return failure
 
@@ -179,7 +190,7 @@ class StreamrecService(MultiService):
             data_dir=self.data_dir,
             public_url=public_url,
             ffmpeg=self.ffmpeg,
-            config=dict(vars(self.config)),
+            config=plugin_config(self.config),
         )
         self.storage = self.storage_factories[self.config.storage](context)
         self.encoders = {name: make(context) for name, make in self.encoder_factories.items()}
@@ -227,6 +238,13 @@ class StreamrecService(MultiService):
         await self.streams.shutdown()
         await defer.maybeDeferred(MultiService.stopService, self)
         self.store.close()
+
+
+def plugin_config(config: Config) -> dict[str, Any]:
+    """What plugins see as ``context.config``: the options, and each plugin's
+    own section of the config file under its name (``config["s3"]``)."""
+    options = {key: value for key, value in vars(config).items() if key != "plugin_settings"}
+    return {**options, **config.plugin_settings}
 
 
 def default_public_url(address: Any) -> str:

@@ -154,6 +154,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"cannot read config {path}: {error}") from None
         if not parser.has_section("streamrec"):
             raise usage.UsageError(f"config {path} has no [streamrec] section")
+        self.plugin_settings = {
+            section: dict(parser.items(section))
+            for section in parser.sections()
+            if section != "streamrec"
+        }
         parameters: list[list[Any]] = self.optParameters  # type: ignore[assignment]
         defaults = {p[0]: p[2] for p in parameters}
         coercers = {p[0]: p[4] for p in parameters if len(p) > 4}
@@ -170,6 +175,7 @@ class Options(usage.Options):
             if f.name.replace("_", "-") in self
         }
         values["load_plugins"] = not self["no-plugins"]
+        values["plugin_settings"] = getattr(self, "plugin_settings", {})
         return Config(**values)
 
 
@@ -177,6 +183,6 @@ def makeService(options: Options) -> StreamrecService:
     from twisted.internet import reactor
 
     try:
-        return StreamrecService(options.config, reactor)
+        return StreamrecService(options.config, reactor, exit_on_failure=True)
     except (ConfigError, RuntimeError) as error:
         raise SystemExit(f"streamrec: {error}") from None

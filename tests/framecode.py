@@ -52,19 +52,33 @@ def FILTER(width=320, height=240, offset=0):
 def source_filter(width=320, height=240, rate=25, offset=0):
     """A complete lavfi source graph: testsrc2 with the frame code on top."""
     return "testsrc2=size=%dx%d:rate=%d,format=yuv420p,%s" % (
-        width, height, rate, FILTER(width, height, offset))
+        width,
+        height,
+        rate,
+        FILTER(width, height, offset),
+    )
 
 
 def _luma(frame):
     """2-D numpy array (uint8) of the luma of an av.VideoFrame."""
     fmt = frame.format.name
-    if fmt in ("gray", "yuv420p", "yuvj420p", "yuv422p", "yuvj422p",
-               "yuv444p", "yuvj444p", "nv12", "nv21"):
+    if fmt in (
+        "gray",
+        "yuv420p",
+        "yuvj420p",
+        "yuv422p",
+        "yuvj422p",
+        "yuv444p",
+        "yuvj444p",
+        "nv12",
+        "nv21",
+    ):
         import numpy
+
         plane = frame.planes[0]
         buf = numpy.frombuffer(plane, dtype=numpy.uint8)
         buf = buf.reshape(-1, plane.line_size)
-        return buf[:frame.height, :frame.width]
+        return buf[: frame.height, : frame.width]
     return frame.reformat(format="gray").to_ndarray()
 
 
@@ -79,7 +93,7 @@ def read_bits(frame):
     for i in range(BITS):
         x0 = int(round(i * bw)) + m
         x1 = int(round((i + 1) * bw)) - m
-        block = y[m:max(m + 1, bh - m), x0:max(x0 + 1, x1)]
+        block = y[m : max(m + 1, bh - m), x0 : max(x0 + 1, x1)]
         means.append(float(block.mean()))
     return means
 

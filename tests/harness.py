@@ -133,7 +133,7 @@ class Service:
         if response.headers.getRawHeaders(b"content-type") != [b"video/mp4"]:
             raise AssertionError(f"{link} is not served as video/mp4")
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, link.rsplit("/", 1)[-1])
+        path = os.path.join(directory, link.split("?", 1)[0].rsplit("/", 1)[-1])
         with open(path, "wb") as handle:
             handle.write(await response.content())
         return path

@@ -93,12 +93,16 @@ class SourceError(RuntimeError):
 
 # ---------------------------------------------------------------- helpers
 
+
 def free_port(kind="tcp"):
     """A currently free port on 127.0.0.1 (``kind``: 'tcp', 'udp' or
     'both').  Racy by nature, but the kernel hands out ports round-robin so
     reuse within a test run is unlikely."""
-    kinds = {"tcp": [socket.SOCK_STREAM], "udp": [socket.SOCK_DGRAM],
-             "both": [socket.SOCK_STREAM, socket.SOCK_DGRAM]}[kind]
+    kinds = {
+        "tcp": [socket.SOCK_STREAM],
+        "udp": [socket.SOCK_DGRAM],
+        "both": [socket.SOCK_STREAM, socket.SOCK_DGRAM],
+    }[kind]
     for _ in range(50):
         s = socket.socket(socket.AF_INET, kinds[0])
         s.bind((HOST, 0))
@@ -124,43 +128,70 @@ _encoder_cache = {}
 def ffmpeg_has_encoder(name):
     if name not in _encoder_cache:
         try:
-            out = subprocess.run([FFMPEG, "-hide_banner", "-encoders"],
-                                 capture_output=True, text=True,
-                                 timeout=10).stdout
+            out = subprocess.run(
+                [FFMPEG, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=10
+            ).stdout
         except (OSError, subprocess.TimeoutExpired):
             out = ""
-        _encoder_cache[name] = bool(re.search(r"\s%s\s" % re.escape(name),
-                                              out))
+        _encoder_cache[name] = bool(re.search(r"\s%s\s" % re.escape(name), out))
     return _encoder_cache[name]
 
 
 def h264_args(bitrate="500k"):
     """libx264 live-camera-like settings: 1 s GOP, no B-frames, one slice
     per frame (so a receiver joining mid-frame cannot get half an IDR)."""
-    return ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
-            "-x264-params", "threads=1:sliced-threads=0:slices=1",
-            "-g", str(GOP), "-keyint_min", str(GOP), "-sc_threshold", "0",
-            "-bf", "0", "-b:v", bitrate, "-maxrate", bitrate,
-            "-bufsize", bitrate, "-pix_fmt", "yuv420p"]
+    return [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-tune",
+        "zerolatency",
+        "-x264-params",
+        "threads=1:sliced-threads=0:slices=1",
+        "-g",
+        str(GOP),
+        "-keyint_min",
+        str(GOP),
+        "-sc_threshold",
+        "0",
+        "-bf",
+        "0",
+        "-b:v",
+        bitrate,
+        "-maxrate",
+        bitrate,
+        "-bufsize",
+        bitrate,
+        "-pix_fmt",
+        "yuv420p",
+    ]
 
 
 def h265_args(bitrate="500k"):
-    return ["-c:v", "libx265", "-preset", "ultrafast", "-tune", "zerolatency",
-            "-x265-params",
-            "keyint=%d:min-keyint=%d:bframes=0:scenecut=0:frame-threads=1:"
-            "log-level=error" % (GOP, GOP),
-            "-b:v", bitrate, "-pix_fmt", "yuv420p"]
+    return [
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-x265-params",
+        "keyint=%d:min-keyint=%d:bframes=0:scenecut=0:frame-threads=1:log-level=error" % (GOP, GOP),
+        "-b:v",
+        bitrate,
+        "-pix_fmt",
+        "yuv420p",
+    ]
 
 
 def video_input_args(offset=0):
-    return ["-re", "-f", "lavfi", "-i",
-            framecode.source_filter(WIDTH, HEIGHT, FPS, offset)]
+    return ["-re", "-f", "lavfi", "-i", framecode.source_filter(WIDTH, HEIGHT, FPS, offset)]
 
 
 def audio_input_args(rate=48000):
     # 440 Hz tone with a 1760 Hz beep at every full second
-    return ["-re", "-f", "lavfi", "-i",
-            "sine=frequency=440:beep_factor=4:sample_rate=%d" % rate]
+    return ["-re", "-f", "lavfi", "-i", "sine=frequency=440:beep_factor=4:sample_rate=%d" % rate]
 
 
 _live_procs = set()
@@ -206,6 +237,7 @@ def _clean_env():
 
 # ----------------------------------------------------------- ffmpeg runner
 
+
 class _FfmpegRun:
     """One ffmpeg process with ``-progress pipe:1``; estimates when its
     first frame was emitted."""
@@ -214,22 +246,30 @@ class _FfmpegRun:
         self.args = args
         self.log_path = log_path
         self.proc = None
-        self.run_t0 = None          # wall time of this run's first frame
-        self.frames = 0             # frames encoded so far (first output)
+        self.run_t0 = None  # wall time of this run's first frame
+        self.frames = 0  # frames encoded so far (first output)
         self._started = threading.Event()
         self._thread = None
 
     def start(self):
-        cmd = ([FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "warning",
-                "-progress", "pipe:1", "-stats_period", "0.1"] + self.args)
+        cmd = [
+            FFMPEG,
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "warning",
+            "-progress",
+            "pipe:1",
+            "-stats_period",
+            "0.1",
+        ] + self.args
         self._log = open(self.log_path, "ab")
         self._log.write(("\n$ %s\n" % " ".join(cmd)).encode())
         self._log.flush()
-        self.proc = _spawn(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE,
-                                     stderr=self._log, bufsize=0)
-        self._thread = threading.Thread(target=self._read_progress,
-                                        daemon=True)
+        self.proc = _spawn(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, bufsize=0
+        )
+        self._thread = threading.Thread(target=self._read_progress, daemon=True)
         self._thread.start()
 
     def _read_progress(self):
@@ -257,10 +297,10 @@ class _FfmpegRun:
             if self._started.wait(0.05):
                 return True
             if self.proc.poll() is not None:
-                raise SourceError("ffmpeg exited with %s, see %s"
-                                  % (self.proc.returncode, self.log_path))
-        raise SourceError("ffmpeg produced no frame in %.0f s, see %s"
-                          % (timeout, self.log_path))
+                raise SourceError(
+                    "ffmpeg exited with %s, see %s" % (self.proc.returncode, self.log_path)
+                )
+        raise SourceError("ffmpeg produced no frame in %.0f s, see %s" % (timeout, self.log_path))
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -276,6 +316,7 @@ class _FfmpegRun:
 
 # ------------------------------------------------------------- base class
 
+
 class _LiveSource:
     """Common start/stop/t0 bookkeeping."""
 
@@ -289,10 +330,10 @@ class _LiveSource:
         self.continue_numbering = continue_numbering
         self._own_log_dir = log_dir is None
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="livesource-")
-        self.t0 = None            # wall time of frame number 0
-        self.first_frame = 0      # number of the first frame of this run
-        self.starts = 0           # how many times start() was called
-        self.outages = []         # [(stop_time, start_time), ...]
+        self.t0 = None  # wall time of frame number 0
+        self.first_frame = 0  # number of the first frame of this run
+        self.starts = 0  # how many times start() was called
+        self.outages = []  # [(stop_time, start_time), ...]
         self._feed = None
         self._stopped_at = None
 
@@ -306,8 +347,7 @@ class _LiveSource:
             offset += int(0.15 * self.fps)
         else:
             offset = 0
-        run = _FfmpegRun(self._feed_args(offset),
-                         os.path.join(self.log_dir, "ffmpeg.log"))
+        run = _FfmpegRun(self._feed_args(offset), os.path.join(self.log_dir, "ffmpeg.log"))
         run.start()
         self._feed = run
         try:
@@ -354,8 +394,7 @@ class _LiveSource:
         out = []
         for name in sorted(os.listdir(self.log_dir)):
             with open(os.path.join(self.log_dir, name), "rb") as f:
-                out.append("== %s ==\n%s" % (name, f.read()[-4000:].decode(
-                    "utf-8", "replace")))
+                out.append("== %s ==\n%s" % (name, f.read()[-4000:].decode("utf-8", "replace")))
         return "\n".join(out)
 
     # ---- context manager / trial integration
@@ -385,10 +424,12 @@ class _LiveSource:
     # ---- Twisted helpers
     def start_deferred(self):
         from twisted.internet import threads
+
         return threads.deferToThread(self.start)
 
     def stop_deferred(self):
         from twisted.internet import threads
+
         return threads.deferToThread(self.stop)
 
     def outage(self, seconds, feed_only=False):
@@ -396,11 +437,11 @@ class _LiveSource:
         without blocking the reactor, start it again.  Fires with
         ``(stop_time, restart_time)``."""
         from twisted.internet import reactor, task, threads
+
         stop = self.stop_feed if feed_only else self.stop
         start = self.start_feed if feed_only else self.start
         d = threads.deferToThread(stop)
-        d.addCallback(lambda _: task.deferLater(reactor, seconds,
-                                                lambda: None))
+        d.addCallback(lambda _: task.deferLater(reactor, seconds, lambda: None))
         d.addCallback(lambda _: threads.deferToThread(start))
         d.addCallback(lambda _: self.outages[-1])
         return d
@@ -413,6 +454,7 @@ class _LiveSource:
 
 
 # ------------------------------------------------------------ UDP MPEG-TS
+
 
 class UdpTsSource(_LiveSource):
     """ffmpeg lavfi -> MPEG-TS over UDP to 127.0.0.1:port.
@@ -437,8 +479,7 @@ class UdpTsSource(_LiveSource):
             args += audio_input_args(48000)
         args += ["-map", "0:v"] + h264_args(self.bitrate)
         if self.audio:
-            args += ["-map", "1:a", "-c:a", "aac", "-b:a", "64k",
-                     "-ac", "1", "-ar", "48000"]
+            args += ["-map", "1:a", "-c:a", "aac", "-b:a", "64k", "-ac", "1", "-ar", "48000"]
         args += ["-f", "mpegts", "-flush_packets", "1", self.send_url]
         return args
 
@@ -456,6 +497,7 @@ class UdpTsSource(_LiveSource):
 
 
 # ------------------------------------------------------------------ RTSP
+
 
 class RtspServer(_LiveSource):
     """GStreamer RTSP server on 127.0.0.1:port fed by an ffmpeg feed.
@@ -480,7 +522,7 @@ class RtspServer(_LiveSource):
         if h265 is not False and ffmpeg_has_encoder("libx265"):
             want.append("h265")
         self.feed_ports = {m: free_port("udp") for m in want}
-        self.mounts = []      # filled from the server's MOUNTS line
+        self.mounts = []  # filled from the server's MOUNTS line
         self.codecs = {}
         self.server = None
         self._server_log = None
@@ -491,28 +533,33 @@ class RtspServer(_LiveSource):
     def _feed_args(self, offset):
         args = video_input_args(offset)
         h264 = [m for m in self.feed_ports if ALL_MOUNTS[m][0] == "h264"]
-        tee = "|".join("[f=rtp]rtp://%s:%d?pkt_size=1200"
-                       % (HOST, self.feed_ports[m]) for m in h264)
+        tee = "|".join(
+            "[f=rtp]rtp://%s:%d?pkt_size=1200" % (HOST, self.feed_ports[m]) for m in h264
+        )
         args += ["-map", "0:v"] + h264_args(self.bitrate) + ["-f", "tee", tee]
         if "h265" in self.feed_ports:
-            args += (["-map", "0:v"] + h265_args(self.bitrate)
-                     + ["-f", "rtp", "rtp://%s:%d?pkt_size=1200"
-                        % (HOST, self.feed_ports["h265"])])
+            args += (
+                ["-map", "0:v"]
+                + h265_args(self.bitrate)
+                + ["-f", "rtp", "rtp://%s:%d?pkt_size=1200" % (HOST, self.feed_ports["h265"])]
+            )
         return args
 
     def _start_server(self):
         if self.server is not None and self.server.poll() is None:
             return
-        cmd = [SYSTEM_PYTHON, "-u", RTSP_SERVER_SCRIPT,
-               "--port", str(self.port)]
+        cmd = [SYSTEM_PYTHON, "-u", RTSP_SERVER_SCRIPT, "--port", str(self.port)]
         for m, p in self.feed_ports.items():
             cmd += ["--feed", "%s=%d" % (m, p)]
-        self._server_log = open(os.path.join(self.log_dir, "rtsp_server.log"),
-                                "ab")
-        self.server = _spawn(cmd, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.PIPE,
-                                       stderr=self._server_log,
-                                       env=_clean_env(), bufsize=0)
+        self._server_log = open(os.path.join(self.log_dir, "rtsp_server.log"), "ab")
+        self.server = _spawn(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._server_log,
+            env=_clean_env(),
+            bufsize=0,
+        )
         deadline = time.monotonic() + self.ready_timeout
         lines = []
         result = {}
@@ -522,8 +569,7 @@ class RtspServer(_LiveSource):
                 line = line.decode("utf-8", "replace").strip()
                 lines.append(line)
                 if line.startswith("MOUNTS"):
-                    result["mounts"] = [m.strip("/")
-                                        for m in line.split()[1:]]
+                    result["mounts"] = [m.strip("/") for m in line.split()[1:]]
                 if line == "READY" or line.startswith("ERROR"):
                     break
             result["done"] = True
@@ -539,8 +585,7 @@ class RtspServer(_LiveSource):
             time.sleep(0.02)
         if "READY" not in lines:
             self._stop_server()
-            raise SourceError("rtsp_server.py did not become ready: %r\n%s"
-                              % (lines, self.logs()))
+            raise SourceError("rtsp_server.py did not become ready: %r\n%s" % (lines, self.logs()))
         self.mounts = result.get("mounts", [])
         self.codecs = {m: ALL_MOUNTS[m] for m in self.mounts}
 
@@ -560,15 +605,27 @@ class RtspServer(_LiveSource):
         """ffprobe the mount over RTSP/TCP; returns True on success."""
         try:
             r = subprocess.run(
-                [FFPROBE, "-v", "error", "-rtsp_transport", "tcp",
-                 "-timeout", str(int(timeout * 1e6)),
-                 "-show_entries", "stream=codec_name", "-of", "csv=p=0",
-                 self.url(mount)],
-                capture_output=True, text=True, timeout=timeout + 2)
+                [
+                    FFPROBE,
+                    "-v",
+                    "error",
+                    "-rtsp_transport",
+                    "tcp",
+                    "-timeout",
+                    str(int(timeout * 1e6)),
+                    "-show_entries",
+                    "stream=codec_name",
+                    "-of",
+                    "csv=p=0",
+                    self.url(mount),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout + 2,
+            )
         except subprocess.TimeoutExpired:
             return False
-        return r.returncode == 0 and ("h264" in r.stdout
-                                      or "hevc" in r.stdout)
+        return r.returncode == 0 and ("h264" in r.stdout or "hevc" in r.stdout)
 
     def wait_ready(self, mount="h264aac", timeout=None):
         timeout = self.ready_timeout if timeout is None else timeout
@@ -580,8 +637,9 @@ class RtspServer(_LiveSource):
             if self.probe(mount, timeout=max(1.0, min(5.0, left))):
                 return True
             time.sleep(0.2)
-        raise SourceError("rtsp://...%s not playable within %.0f s\n%s"
-                          % (mount, timeout, self.logs()))
+        raise SourceError(
+            "rtsp://...%s not playable within %.0f s\n%s" % (mount, timeout, self.logs())
+        )
 
     def start(self):
         """Start server + feed; returns once ffprobe -rtsp_transport tcp
@@ -602,5 +660,9 @@ class RtspServer(_LiveSource):
         self._stop_server()
 
     def is_running(self):
-        return (self.server is not None and self.server.poll() is None
-                and self._feed is not None and self._feed.running())
+        return (
+            self.server is not None
+            and self.server.poll() is None
+            and self._feed is not None
+            and self._feed.running()
+        )

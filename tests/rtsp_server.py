@@ -35,6 +35,7 @@ import subprocess
 import sys
 
 import gi
+
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
@@ -51,19 +52,24 @@ MOUNTS = {
 }
 
 VIDEO = {
-    "h264": ("H264", "rtph264depay wait-for-keyframe=true ! h264parse config-interval=-1 ! "
-             "rtph264pay name=pay0 pt=96 config-interval=-1"),
-    "h265": ("H265", "rtph265depay ! h265parse config-interval=-1 ! "
-             "rtph265pay name=pay0 pt=96 config-interval=-1"),
+    "h264": (
+        "H264",
+        "rtph264depay wait-for-keyframe=true ! h264parse config-interval=-1 ! "
+        "rtph264pay name=pay0 pt=96 config-interval=-1",
+    ),
+    "h265": (
+        "H265",
+        "rtph265depay ! h265parse config-interval=-1 ! "
+        "rtph265pay name=pay0 pt=96 config-interval=-1",
+    ),
 }
 
 AUDIO = {
-    "aac": ("audio/x-raw,rate=48000,channels=1 ! voaacenc bitrate=64000 ! "
-            "rtpmp4gpay name=pay1 pt=97"),
-    "alaw": "audio/x-raw,rate=8000,channels=1 ! alawenc ! "
-            "rtppcmapay name=pay1 pt=8",
-    "mulaw": "audio/x-raw,rate=8000,channels=1 ! mulawenc ! "
-             "rtppcmupay name=pay1 pt=0",
+    "aac": (
+        "audio/x-raw,rate=48000,channels=1 ! voaacenc bitrate=64000 ! rtpmp4gpay name=pay1 pt=97"
+    ),
+    "alaw": "audio/x-raw,rate=8000,channels=1 ! alawenc ! rtppcmapay name=pay1 pt=8",
+    "mulaw": "audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay name=pay1 pt=0",
 }
 
 REQUIRED = {
@@ -82,18 +88,18 @@ def have(*names):
 def launch_line(vcodec, acodec, feed_port):
     enc, chain = VIDEO[vcodec]
     parts = [
-        'udpsrc address=127.0.0.1 port=%d buffer-size=4194304 '
+        "udpsrc address=127.0.0.1 port=%d buffer-size=4194304 "
         'caps="application/x-rtp,media=video,clock-rate=90000,'
         'encoding-name=%s,payload=96" ! '
         # mode=none: timestamps from the RTP timestamps (exact 1/25 s
         # steps from ffmpeg) instead of jittery arrival times
-        'rtpjitterbuffer mode=none latency=50 ! %s' % (feed_port, enc, chain)
+        "rtpjitterbuffer mode=none latency=50 ! %s" % (feed_port, enc, chain)
     ]
     if acodec:
         parts.append(
             "audiotestsrc name=asrc is-live=true wave=sine freq=440 volume=0.3 "
-            "samplesperbuffer=400 ! audioconvert ! audioresample ! %s"
-            % AUDIO[acodec])
+            "samplesperbuffer=400 ! audioconvert ! audioresample ! %s" % AUDIO[acodec]
+        )
     return "( " + " ".join(parts) + " )"
 
 
@@ -112,25 +118,33 @@ def on_media_configure(factory, media):
     branch answer "not seekable", like udpsrc does."""
     src = media.get_element().get_by_name("asrc")
     if src is not None:
-        src.get_static_pad("src").add_probe(
-            Gst.PadProbeType.QUERY_UPSTREAM, _not_seekable)
+        src.get_static_pad("src").add_probe(Gst.PadProbeType.QUERY_UPSTREAM, _not_seekable)
 
 
 def start_own_feed(feeds):
     """Standalone mode: spawn an ffmpeg feed for every mount."""
     sys.path.insert(0, HERE)
-    import livesource as ls
     import time
+
+    import livesource as ls
 
     for m in MOUNTS:
         feeds[m] = ls.free_port("udp")
-    h264 = "|".join("[f=rtp]rtp://127.0.0.1:%d?pkt_size=1200" % feeds[m]
-                    for m in MOUNTS if MOUNTS[m][0] == "h264")
-    cmd = ([ls.FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error"]
-           + ls.video_input_args()
-           + ["-map", "0:v"] + ls.h264_args() + ["-f", "tee", h264]
-           + ["-map", "0:v"] + ls.h265_args()
-           + ["-f", "rtp", "rtp://127.0.0.1:%d?pkt_size=1200" % feeds["h265"]])
+    h264 = "|".join(
+        "[f=rtp]rtp://127.0.0.1:%d?pkt_size=1200" % feeds[m]
+        for m in MOUNTS
+        if MOUNTS[m][0] == "h264"
+    )
+    cmd = (
+        [ls.FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error"]
+        + ls.video_input_args()
+        + ["-map", "0:v"]
+        + ls.h264_args()
+        + ["-f", "tee", h264]
+        + ["-map", "0:v"]
+        + ls.h265_args()
+        + ["-f", "rtp", "rtp://127.0.0.1:%d?pkt_size=1200" % feeds["h265"]]
+    )
     t = time.time()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     print("FEED_T0 %.3f" % t, flush=True)
@@ -140,9 +154,13 @@ def start_own_feed(feeds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8554)
-    ap.add_argument("--feed", action="append", default=[],
-                    metavar="MOUNT=UDPPORT",
-                    help="RTP video feed for a mount (repeatable)")
+    ap.add_argument(
+        "--feed",
+        action="append",
+        default=[],
+        metavar="MOUNT=UDPPORT",
+        help="RTP video feed for a mount (repeatable)",
+    )
     args = ap.parse_args()
 
     Gst.init(None)

@@ -218,7 +218,8 @@ class BrowserPlaybackTests(unittest.TestCase):
         if not os.path.exists(CHROMIUM):
             raise unittest.SkipTest(
                 f"{CHROMIUM} not found: install Debian's chromium "
-                "(scripts/install-system-packages) to run the browser tests")
+                "(scripts/install-system-packages) to run the browser tests"
+            )
         if not os.path.exists(FFMPEG):
             raise unittest.SkipTest(f"{FFMPEG} not found")
 
@@ -273,8 +274,9 @@ class BrowserPlaybackTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_first_frame_is_requested_instant_and_plays(self):  # type: ignore[no-untyped-def]
-        rec = yield threads.deferToThread(recording, "browser_h264_bf2_aac", seconds=8, bf=2,
-                                         audio=True)
+        rec = yield threads.deferToThread(
+            recording, "browser_h264_bf2_aac", seconds=8, bf=2, audio=True
+        )
 
         root = resource.Resource()
         results = ResultResource()
@@ -297,8 +299,10 @@ class BrowserPlaybackTests(unittest.TestCase):
         numbers = yield threads.deferToThread(decoded_numbers, served)
         self.assertEqual((numbers[0], numbers[-1]), (FIRST_FRAME, LAST_FRAME))
 
-        root.putChild(b"page.html", static.Data((PAGE % {"src": "/clips/clip.mp4"}).encode(),
-                                                "text/html; charset=utf-8"))
+        root.putChild(
+            b"page.html",
+            static.Data((PAGE % {"src": "/clips/clip.mp4"}).encode(), "text/html; charset=utf-8"),
+        )
         chromium = self.spawn_chromium(base + "/page.html")
 
         # Whichever comes first: the page's report, Chromium's exit, the time limit.
@@ -314,11 +318,15 @@ class BrowserPlaybackTests(unittest.TestCase):
         self.addCleanup(lambda: timer.active() and timer.cancel())
         kind, report = yield outcome
         if kind == "timeout":
-            self.fail(f"no report from the page within {RESULT_TIMEOUT:.0f} s; "
-                      f"Chromium said:\n{chromium.text()}")
+            self.fail(
+                f"no report from the page within {RESULT_TIMEOUT:.0f} s; "
+                f"Chromium said:\n{chromium.text()}"
+            )
         if kind == "exited":
-            self.fail(f"Chromium exited before the page reported ({chromium.exit.value}):\n"
-                      f"{chromium.text()}")
+            self.fail(
+                f"Chromium exited before the page reported ({chromium.exit.value}):\n"
+                f"{chromium.text()}"
+            )
 
         context = f"page report: {json.dumps(report)}"
         self.assertNotIn("error", report, context)
@@ -330,8 +338,12 @@ class BrowserPlaybackTests(unittest.TestCase):
         # 10-55 here): one decoded picture, not a blend or a blank canvas.
         self.assertTrue(all(abs(m - 128) > 40 for m in first["means"]), context)
         shown = number_from_means(first["means"])
-        self.assertEqual(shown, FIRST_FRAME, f"first frame shown {shown}, expected "
-                         f"{FIRST_FRAME} (keyframe before it: {FPS * int(START)}); {context}")
+        self.assertEqual(
+            shown,
+            FIRST_FRAME,
+            f"first frame shown {shown}, expected "
+            f"{FIRST_FRAME} (keyframe before it: {FPS * int(START)}); {context}",
+        )
 
         self.assertTrue(report["ended"], context)
         duration = report["last"]["duration"]

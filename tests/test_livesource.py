@@ -30,9 +30,9 @@ def start_recording(url, out, seconds=REC_SECONDS, audio="copy", log=None):
     cmd += ["-i", url, "-t", str(seconds), "-map", "0", "-c:v", "copy"]
     cmd += ["-c:a", audio] + (["-b:a", "64k"] if audio != "copy" else [])
     cmd += [out]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=log or subprocess.DEVNULL)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL
+    )
 
 
 def finish(proc, timeout=20):
@@ -51,8 +51,7 @@ def probe_codecs(url, timeout=10):
         cmd += ["-rtsp_transport", "tcp", "-timeout", "5000000"]
     cmd += ["-show_entries", "stream=codec_name", "-of", "csv=p=0", url]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    return [line.strip().strip(",") for line in r.stdout.splitlines()
-            if line.strip()]
+    return [line.strip().strip(",") for line in r.stdout.splitlines() if line.strip()]
 
 
 def analyse(path):
@@ -69,14 +68,12 @@ def analyse(path):
 
 
 class LiveSourceMixin:
-
     def mktemp_dir(self):
         d = tempfile.mkdtemp(prefix="test-livesource-")
         self.addCleanup(shutil.rmtree, d, True)
         return d
 
-    def check_recording(self, src, path, t_launch, t_end, video, audio,
-                        max_ts_jumps=0):
+    def check_recording(self, src, path, t_launch, t_end, video, audio, max_ts_jumps=0):
         codecs, numbers, times, margin = analyse(path)
         self.assertEqual(codecs[0], video, path)
         if audio:
@@ -87,8 +84,9 @@ class LiveSourceMixin:
         # -t 3 s of output at 25 fps; ffmpeg -c copy drops video until the
         # first key frame (GOP 1 s) while audio may start at once, so up to
         # one GOP of video can be missing.
-        self.assertTrue((REC_SECONDS - 1.1) * 25 <= n <= REC_SECONDS * 25 + 2,
-                        "%d frames in %s" % (n, path))
+        self.assertTrue(
+            (REC_SECONDS - 1.1) * 25 <= n <= REC_SECONDS * 25 + 2, "%d frames in %s" % (n, path)
+        )
         steps = {b - a for a, b in zip(numbers, numbers[1:])}
         self.assertEqual(steps, {1}, "frame numbers %s" % numbers)
         self.assertGreater(margin, 60, "weak frame code")
@@ -97,18 +95,19 @@ class LiveSourceMixin:
         # sender report arrives (A/V mounts: one jump of ~0.5-0.8 s) or
         # leaves the very first packet without pts (video only: 0.0, 0.0):
         # allow one such irregularity there.
-        bad = [i for i in range(1, n)
-               if abs((times[i] - times[i - 1]) - 0.04) > 0.02]
-        self.assertLessEqual(len(bad), max_ts_jumps,
-                             "pts %s" % [round(t, 3) for t in times])
+        bad = [i for i in range(1, n) if abs((times[i] - times[i - 1]) - 0.04) > 0.02]
+        self.assertLessEqual(len(bad), max_ts_jumps, "pts %s" % [round(t, 3) for t in times])
         # live: the first recorded frame was emitted around/after the
         # launch of the recorder (not an old, buffered one), the last one
         # before the recorder ended, and recording took real time.
         first_t = src.frame_time(numbers[0])
         last_t = src.frame_time(numbers[-1])
-        self.assertGreater(first_t, t_launch - 0.5,
-                           "first frame %d is old (emitted %.2f s before "
-                           "launch)" % (numbers[0], t_launch - first_t))
+        self.assertGreater(
+            first_t,
+            t_launch - 0.5,
+            "first frame %d is old (emitted %.2f s before "
+            "launch)" % (numbers[0], t_launch - first_t),
+        )
         self.assertLess(first_t, t_launch + 3.0)
         self.assertLess(last_t, t_end + 0.1)
         self.assertGreaterEqual(t_end - t_launch + 0.1, (n - 1) / 25.0)
@@ -116,24 +115,40 @@ class LiveSourceMixin:
 
 
 class FrameCodeTest(unittest.TestCase, LiveSourceMixin):
-
     def test_roundtrip_x264(self):
         """The frame code survives libx264 at crf 28 and at 150 kbit/s."""
         d = self.mktemp_dir()
         for name, rc in [("crf", ["-crf", "28"]), ("cbr", ["-b:v", "150k"])]:
             out = os.path.join(d, name + ".mp4")
             subprocess.run(
-                [FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
-                 "-f", "lavfi", "-i", framecode.source_filter(offset=65000),
-                 "-t", "1", "-c:v", "libx264", "-preset", "veryfast"] + rc
-                + [out], check=True, timeout=30)
+                [
+                    FFMPEG,
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-y",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    framecode.source_filter(offset=65000),
+                    "-t",
+                    "1",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "veryfast",
+                ]
+                + rc
+                + [out],
+                check=True,
+                timeout=30,
+            )
             _, numbers, _, margin = analyse(out)
             self.assertEqual(numbers, list(range(65000, 65025)))
             self.assertGreater(margin, 80)
 
 
 class UdpTsSourceTest(unittest.TestCase, LiveSourceMixin):
-
     def test_record_aac(self):
         src = UdpTsSource.running(self, audio="aac")
         d = self.mktemp_dir()
@@ -168,7 +183,6 @@ class UdpTsSourceTest(unittest.TestCase, LiveSourceMixin):
 
 
 class RtspServerTest(unittest.TestCase, LiveSourceMixin):
-
     def test_all_mounts(self):
         src = RtspServer.running(self)
         for m in ("h264aac", "h264alaw", "h264mulaw", "h264"):
@@ -179,12 +193,28 @@ class RtspServerTest(unittest.TestCase, LiveSourceMixin):
         log = open(os.path.join(d, "ffmpeg.log"), "wb")
         self.addCleanup(log.close)
         # codecs as they come from the server
-        probes = {m: subprocess.Popen(
-            [FFPROBE, "-v", "error", "-rtsp_transport", "tcp",
-             "-timeout", "5000000", "-show_entries", "stream=codec_name",
-             "-of", "csv=p=0", src.url(m)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            for m in src.mounts}
+        probes = {
+            m: subprocess.Popen(
+                [
+                    FFPROBE,
+                    "-v",
+                    "error",
+                    "-rtsp_transport",
+                    "tcp",
+                    "-timeout",
+                    "5000000",
+                    "-show_entries",
+                    "stream=codec_name",
+                    "-of",
+                    "csv=p=0",
+                    src.url(m),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for m in src.mounts
+        }
         for m, p in probes.items():
             try:
                 out, _ = p.communicate(timeout=15)
@@ -201,16 +231,15 @@ class RtspServerTest(unittest.TestCase, LiveSourceMixin):
             acodec = src.codecs[m][1]
             audio = "aac" if acodec and acodec.startswith("pcm_") else "copy"
             out = os.path.join(d, m + ".mp4")
-            recs[m] = (out, start_recording(src.url(m), out, audio=audio,
-                                            log=log))
-        for m, (out, proc) in recs.items():
+            recs[m] = (out, start_recording(src.url(m), out, audio=audio, log=log))
+        for m, (_out, proc) in recs.items():
             self.assertEqual(finish(proc), 0, m)
         t_end = time.time()
-        for m, (out, proc) in recs.items():
+        for m, (out, _proc) in recs.items():
             video, acodec = src.codecs[m]
-            self.check_recording(src, out, t_launch, t_end, video,
-                                 "aac" if acodec else None,
-                                 max_ts_jumps=1)
+            self.check_recording(
+                src, out, t_launch, t_end, video, "aac" if acodec else None, max_ts_jumps=1
+            )
 
     def test_restart_same_port(self):
         src = RtspServer.running(self, h265=False)
@@ -239,4 +268,5 @@ class RtspServerTest(unittest.TestCase, LiveSourceMixin):
             self.assertTrue(0.4 < up - down < 2.0, up - down)
             self.assertTrue(src.is_running())
             self.assertGreater(src.first_frame, 0)
+
         return d.addCallback(check)

@@ -61,8 +61,14 @@ def _encoder_available(name: str) -> bool:
     return any(line.split()[1:2] == [name] for line in out.stdout.splitlines() if line.strip())
 
 
-def recording(name: str, seconds: int = 12, bf: int = 0, audio: bool = True,
-              codec: str = "libx264", movflags: str = _FRAG) -> Recording:
+def recording(
+    name: str,
+    seconds: int = 12,
+    bf: int = 0,
+    audio: bool = True,
+    codec: str = "libx264",
+    movflags: str = _FRAG,
+) -> Recording:
     """Record ``seconds`` of numbered frames into 2 s fragmented-MP4 segments."""
     if name in _RECORDINGS:
         return _RECORDINGS[name]
@@ -78,10 +84,21 @@ def recording(name: str, seconds: int = 12, bf: int = 0, audio: bool = True,
     cmd += ["-c:v", codec, "-g", "25", "-bf", str(bf)]
     if codec == "libx265":
         cmd += ["-tag:v", "hvc1", "-x265-params", "log-level=error"]
-    cmd += ["-f", "segment", "-segment_time", "2", "-segment_format", "mp4",
-            "-segment_format_options", movflags,
-            "-segment_list", "pipe:1", "-segment_list_type", "csv",
-            os.path.join(directory, "seg%06d.mp4")]
+    cmd += [
+        "-f",
+        "segment",
+        "-segment_time",
+        "2",
+        "-segment_format",
+        "mp4",
+        "-segment_format_options",
+        movflags,
+        "-segment_list",
+        "pipe:1",
+        "-segment_list_type",
+        "csv",
+        os.path.join(directory, "seg%06d.mp4"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     pieces = []
     for row in csv.reader(io.StringIO(out)):
@@ -130,8 +147,12 @@ def top_level_types(path: str) -> list[bytes]:
 
 
 def ffprobe(path: str) -> dict:
-    out = subprocess.run([FFPROBE, "-v", "error", "-print_format", "json", "-show_format",
-                          "-show_streams", path], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -143,7 +164,8 @@ def pyav_packets(path: str) -> dict[int, list[av.Packet]]:
         for packet in container.demux():
             if packet.size:
                 result.setdefault(ids[packet.stream.index], []).append(
-                    (packet.pts, packet.dts, packet.duration, packet.time_base))
+                    (packet.pts, packet.dts, packet.duration, packet.time_base)
+                )
     return result
 
 
@@ -162,8 +184,9 @@ class ClipTestMixin:
     def rec(self) -> Recording:
         raise NotImplementedError
 
-    def clip(self, start: float, stop: float, pieces: list[SegmentPiece] | None = None
-             ) -> tuple[str, ClipResult]:
+    def clip(
+        self, start: float, stop: float, pieces: list[SegmentPiece] | None = None
+    ) -> tuple[str, ClipResult]:
         out = os.path.join(self.mktemp() + ".mp4")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         result = build_clip(pieces or self.rec().pieces, wall(start), wall(stop), out)
@@ -189,10 +212,13 @@ class ClipTestMixin:
         self.assertNotIn(b"moof", types)
         self.assertLess(types.index(b"moov"), types.index(b"mdat"))
         with av.open(out) as clip, av.open(self.rec().pieces[0].path) as source:
-            self.assertEqual(clip.streams.video[0].codec_context.name,
-                             source.streams.video[0].codec_context.name)
-            self.assertEqual(clip.streams.video[0].codec_context.extradata,
-                             source.streams.video[0].codec_context.extradata)
+            self.assertEqual(
+                clip.streams.video[0].codec_context.name, source.streams.video[0].codec_context.name
+            )
+            self.assertEqual(
+                clip.streams.video[0].codec_context.extradata,
+                source.streams.video[0].codec_context.extradata,
+            )
             self.assertEqual(len(clip.streams.audio), 1 if self.rec().audio else 0)
 
     def test_start_between_keyframes(self) -> None:
@@ -244,7 +270,8 @@ class ClipTestMixin:
         out, result = self.clip(-5.0, 1000.0)
         self.assertEqual(result.start, rec.pieces[0].wall_start)
         last_end = rec.pieces[-1].wall_start + (
-            segment_span(rec.pieces[-1].path)[1] - segment_span(rec.pieces[-1].path)[0])
+            segment_span(rec.pieces[-1].path)[1] - segment_span(rec.pieces[-1].path)[0]
+        )
         self.assertApproximates(result.stop, last_end, 1e-6)
         numbers = decoded_numbers(out)
         self.assertEqual(numbers[0], round((rec.pieces[0].wall_start - T0) * FPS))
@@ -266,7 +293,9 @@ def assert_parser_matches_pyav(case: SynchronousTestCase, path: str) -> None:
     for track_id, samples in seg.tracks.items():
         expected = [(p[0], p[1]) for p in packets[track_id]]
         mine = [(samples.pts(i), samples.dts[i]) for i in range(len(samples))]
-        case.assertEqual([e[0] for e in expected], [m[0] for m in mine], f"pts of {path}#{track_id}")
+        case.assertEqual(
+            [e[0] for e in expected], [m[0] for m in mine], f"pts of {path}#{track_id}"
+        )
 
 
 def assert_span_matches_pyav(case: SynchronousTestCase, path: str) -> None:
@@ -292,8 +321,7 @@ class H264NegativeCtsTests(ClipTestMixin, SynchronousTestCase):
     """trun version 1 with negative composition offsets."""
 
     def rec(self) -> Recording:
-        return recording("h264_negcts", bf=2, audio=True,
-                         movflags=_FRAG + "+negative_cts_offsets")
+        return recording("h264_negcts", bf=2, audio=True, movflags=_FRAG + "+negative_cts_offsets")
 
     def test_trun_version_1(self) -> None:
         seg = mp4._read_segment(self.rec().pieces[1].path)
@@ -394,13 +422,18 @@ class RobustnessTests(SynchronousTestCase):
 
     def test_garbage(self) -> None:
         path = self.mktemp()
-        for data in (b"", b"garbage" * 1000, os.urandom(4096),
-                     struct.pack(">I4s", 16, b"ftyp") + b"isom\0\0\0\0" + b"\xff" * 100):
+        for data in (
+            b"",
+            b"garbage" * 1000,
+            os.urandom(4096),
+            struct.pack(">I4s", 16, b"ftyp") + b"isom\0\0\0\0" + b"\xff" * 100,
+        ):
             with open(path, "wb") as f:
                 f.write(data)
             self.assertRaises(Mp4Error, segment_span, path)
-            self.assertRaises(Mp4Error, build_clip, [SegmentPiece(path, T0)], T0, T0 + 1,
-                              path + ".out.mp4")
+            self.assertRaises(
+                Mp4Error, build_clip, [SegmentPiece(path, T0)], T0, T0 + 1, path + ".out.mp4"
+            )
             self.assertFalse(os.path.exists(path + ".out.mp4"))
 
     def test_missing_file(self) -> None:
@@ -408,8 +441,9 @@ class RobustnessTests(SynchronousTestCase):
 
     def test_progressive_mp4_rejected(self) -> None:
         path = self.mktemp() + ".mp4"
-        subprocess.run([FFMPEG, "-v", "error", "-i", self.rec().pieces[0].path, "-c", "copy",
-                        path], check=True)
+        subprocess.run(
+            [FFMPEG, "-v", "error", "-i", self.rec().pieces[0].path, "-c", "copy", path], check=True
+        )
         self.assertRaises(Mp4Error, segment_span, path)
 
     def test_out_of_range(self) -> None:
@@ -450,8 +484,10 @@ class WallClockTests(SynchronousTestCase):
         return recording("h264_bf2_aac", bf=2, audio=True)
 
     def test_small_jitter_joins_back_to_back(self) -> None:
-        pieces = [SegmentPiece(p.path, p.wall_start + (0.009 if i % 2 else -0.009))
-                  for i, p in enumerate(self.rec().pieces)]
+        pieces = [
+            SegmentPiece(p.path, p.wall_start + (0.009 if i % 2 else -0.009))
+            for i, p in enumerate(self.rec().pieces)
+        ]
         out = self.mktemp() + ".mp4"
         build_clip(pieces, wall(1.0), wall(9.0), out)
         numbers = decoded_numbers(out)

@@ -193,6 +193,10 @@ class S3Storage:
     def resource(self) -> None:
         return None  # links point at the object store, nothing is served here
 
+    def link(self, key: str) -> str:
+        """A link valid from now on: presigned links are made anew for each answer."""
+        return self._link(self.object_key(key))
+
     # -- in a pool thread ---------------------------------------------------------
     def _upload(self, local_path: str, object_key: str) -> str:
         extra = {"ContentType": mimetypes.guess_type(object_key)[0] or "application/octet-stream"}

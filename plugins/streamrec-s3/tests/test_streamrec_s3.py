@@ -235,6 +235,11 @@ class S3StorageTests(unittest.TestCase):
         self.assertEqual((code, content_type), (200, [b"video/mp4"]))
         self.assertEqual(hashlib.sha256(body).hexdigest(), digest)
         self.assertIsNone(storage.resource())
+        # Each answer can carry a newly signed link to the same object.
+        fresh = storage.link("k1.mp4")
+        self.assertTrue(fresh.startswith(f"{endpoint}/{BUCKET}/cam/k1.mp4?"), fresh)
+        code, body, _ = await fetch(fresh)
+        self.assertEqual((code, hashlib.sha256(body).hexdigest()), (200, digest))
 
     @defer.inlineCallbacks
     def test_big_clip_is_a_multipart_upload(self) -> Any:
