@@ -98,12 +98,17 @@ def read_bits(frame):
     return means
 
 
-def read_frame_number(frame):
-    """Decode the frame number painted by ``FILTER`` from an av.VideoFrame."""
+def number_from_means(means):
+    """The frame number from the blocks' mean luma, leftmost block first (MSB)."""
     n = 0
-    for v in read_bits(frame):
+    for v in means:
         n = (n << 1) | (1 if v > 128 else 0)
     return n
+
+
+def read_frame_number(frame):
+    """Decode the frame number painted by ``FILTER`` from an av.VideoFrame."""
+    return number_from_means(read_bits(frame))
 
 
 def code_margin(frame):

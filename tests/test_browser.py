@@ -14,8 +14,8 @@ served, with byte ranges, by its web resource from a Twisted ``Site`` on
   measures the last frame shown the same way,
 
 and POSTs everything as JSON back to the test server.  The block means are
-decoded here, with the bit order of the recording (``test_mp4._NUMBERED``:
-block k carries bit k).
+decoded here with ``tests.framecode`` (the leftmost block is the most
+significant bit).
 
 Skipped when ``/usr/bin/chromium`` is absent (``scripts/install-system-packages``
 installs it).
@@ -40,6 +40,7 @@ from twisted.web import resource, server, static
 from streamrec.builtin.local_storage import LocalStorage
 from streamrec.clips.mp4 import build_clip
 from streamrec.plugins import PluginContext
+from tests import framecode
 from tests.test_mp4 import FFMPEG, FPS, decoded_numbers, recording, wall
 
 CHROMIUM = "/usr/bin/chromium"
@@ -96,7 +97,7 @@ function send() {
 }
 
 // Mean luma (BT.601 on the RGB the browser gives us) of the 16 code blocks,
-// left to right, over the inner part of each block (as tests.test_mp4 reads it).
+// left to right, over the inner part of each block (as tests.framecode reads it).
 function grab() {
   const w = video.videoWidth, h = video.videoHeight;
   canvas.width = w;
@@ -158,8 +159,8 @@ video.addEventListener("error", () => {
 
 
 def number_from_means(means: list[float]) -> int:
-    """Frame number from the 16 block means (block k = bit k, as test_mp4 paints it)."""
-    return sum(1 << k for k, mean in enumerate(means) if mean > 128)
+    """Frame number from the 16 block means, as tests.framecode paints it."""
+    return framecode.number_from_means(means)
 
 
 class ResultResource(resource.Resource):

@@ -25,16 +25,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from streamrec.clips import mp4
 from streamrec.clips.mp4 import ClipResult, Mp4Error, SegmentPiece, build_clip, segment_span
 
+from . import framecode
+
 FPS = 25
 T0 = 1_700_000_000.0  # wall time of frame number 0
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "/usr/bin/ffprobe"
 
-_NUMBERED = (
-    "testsrc2=size=320x240:rate=25,format=yuv420p,"
-    "geq=lum='if(lt(Y,16),255*mod(floor(N/pow(2,floor(X/20))),2),lum(X,Y))'"
-    ":cb='cb(X,Y)':cr='cr(X,Y)'"
-)
+_NUMBERED = framecode.source_filter(320, 240, FPS)
 _FRAG = "movflags=+frag_keyframe+empty_moov+default_base_moof"
 
 
@@ -116,8 +114,7 @@ def recording(
 
 
 def frame_number(frame: av.VideoFrame) -> int:
-    luma = frame.to_ndarray(format="gray")
-    return sum(1 << k for k in range(16) if luma[2:14, k * 20 + 3 : k * 20 + 17].mean() > 128)
+    return framecode.read_frame_number(frame)
 
 
 def decoded_numbers(path: str, limit: int | None = None) -> list[int]:
