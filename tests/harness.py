@@ -114,14 +114,25 @@ class Service:
 
         await until(reached, timeout, f"stream {stream_id} to record until {when:.2f}")
 
-    async def clip(self, stream_id: int, timeout: float = 30, **params: Any) -> dict[str, Any]:
-        """Ask for a clip and poll the same request until it is done."""
+    async def clip(
+        self,
+        stream_id: int,
+        timeout: float = 30,
+        seen: list[float] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Ask for a clip and poll the same request until it is done.
+
+        ``seen`` collects the job's ``progress`` at every poll.
+        """
 
         async def finished() -> Any:
             job = await self.ok("GET", f"/streams/{stream_id}/get_clip", **params)
+            if seen is not None:
+                seen.append(job["progress"])
             return job if job["status"] in ("done", "failed") else None
 
-        job = await until(finished, timeout, f"clip {params}", interval=0.2)
+        job = await until(finished, timeout, f"clip {params}", interval=0.1)
         if job["status"] != "done":
             raise AssertionError(f"clip failed: {job}")
         return job

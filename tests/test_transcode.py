@@ -293,19 +293,9 @@ class TranscodeEndToEndTests(ServiceTestCase):
         params = {"start": start, "stop": stop}
         seen: list[float] = []
 
-        async def transcoded() -> Any:
-            job = await service.ok(
-                "GET",
-                f"/streams/{stream_id}/get_clip",
-                encoder="transcode",
-                preset="ultrafast",
-                **params,
-            )
-            seen.append(job["progress"])
-            return job if job["status"] in ("done", "failed") else None
-
-        job = await until(transcoded, 60, "the transcoded clip", interval=0.1)
-        self.assertEqual(job["status"], "done", job)
+        job = await service.clip(
+            stream_id, timeout=60, seen=seen, encoder="transcode", preset="ultrafast", **params
+        )
         self.assertEqual(job["progress"], 1.0)
         self.assertEqual(seen, sorted(seen), "progress went backwards")
         self.assertTrue(all(0 <= p <= 1 for p in seen), seen)
