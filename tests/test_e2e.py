@@ -74,7 +74,8 @@ class UdpRecordingTests(ServiceTestCase):
         job = await service.clip(stream_id, start=stopped - 3, stop=stopped + 4)
         self.assertEqual(len(job["clips"]), 2, job)
         before, after = job["clips"]
-        self.assertGreater(after["start"] - before["stop"], 2)
+        # 2 s between stop and start; the clock mapping of each run is good to ~0.2 s
+        self.assertGreater(after["start"] - before["stop"], 1.6)
         for part in (before, after):
             await self.fetch(service, part)
 
