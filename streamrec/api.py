@@ -10,6 +10,7 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import ErrorPage, IResource
+from werkzeug.exceptions import HTTPException
 
 from .core import (
     AlreadyStarted,
@@ -89,7 +90,7 @@ def parse_time(params: dict[str, str], name: str, required: bool) -> float | Non
 
 
 def parse_id(stream_id: str) -> int:
-    if not stream_id.isdigit() or len(stream_id) > 18:
+    if not (stream_id.isascii() and stream_id.isdigit()) or len(stream_id) > 18:
         raise ApiError(404, "Stream not found")
     return int(stream_id)
 
@@ -119,6 +120,11 @@ class StreamrecAPI:
     def api_error(self, request: IRequest, failure: Any) -> bytes:
         error = failure.value
         return json_response(request, {"error_message": error.message, **error.extra}, error.status)
+
+    @app.handle_errors(HTTPException)
+    def no_such_route(self, request: IRequest, failure: Any) -> bytes:
+        error = failure.value
+        return json_response(request, {"error_message": error.description}, error.code)
 
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Any) -> bytes:

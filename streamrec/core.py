@@ -70,6 +70,7 @@ class Streams:
         self.space_short = space_short
         self.fresh_link = fresh_link
         self.recorders: dict[int, Recorder] = {}
+        self._locks: dict[int, defer.DeferredLock] = {}
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -86,9 +87,14 @@ class Streams:
             recorder = self.recorders[stream.id] = self.make_recorder(stream, self)
         return recorder
 
+    def _lock(self, stream_id: int) -> defer.DeferredLock:
+        """Start and stop of one stream happen one after the other."""
+        return self._locks.setdefault(stream_id, defer.DeferredLock())
+
     def is_recording(self, stream_id: int) -> bool:
+        """Started, or still closing its last segment after a stop."""
         recorder = self.recorders.get(stream_id)
-        return recorder is not None and recorder.wanted
+        return recorder is not None and recorder.busy()
 
     # -- recorder listener ---------------------------------------------------
     def segment_closed(
@@ -153,6 +159,13 @@ class Streams:
         }
 
     async def start(self, stream_id: int) -> None:
+        await self._lock(stream_id).acquire()
+        try:
+            await self._start(stream_id)
+        finally:
+            self._lock(stream_id).release()
+
+    async def _start(self, stream_id: int) -> None:
         stream = await self._stream(stream_id)
         recorder = self._recorder(stream)
         if stream.wanted or recorder.wanted:
@@ -163,6 +176,13 @@ class Streams:
         self.notify("stream_started", stream_id=stream_id, url=stream.url)
 
     async def stop(self, stream_id: int) -> None:
+        await self._lock(stream_id).acquire()
+        try:
+            await self._stop(stream_id)
+        finally:
+            self._lock(stream_id).release()
+
+    async def _stop(self, stream_id: int) -> None:
         stream = await self._stream(stream_id)
         recorder = self.recorders.get(stream_id)
         if not stream.wanted and (recorder is None or not recorder.wanted):
@@ -235,7 +255,7 @@ class Streams:
     async def shutdown(self) -> None:
         """Stop every recorder gracefully; the wanted state stays for the restart."""
         await defer.DeferredList(
-            [defer.ensureDeferred(r.stop()) for r in self.recorders.values() if r.wanted],
+            [defer.ensureDeferred(r.stop()) for r in self.recorders.values()],
             consumeErrors=True,
         )
 

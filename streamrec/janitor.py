@@ -62,6 +62,9 @@ class Janitor(Service):
         self._loop: task.LoopingCall | None = None
         self._sweeping: defer.Deferred[None] | None = None
         self._again = False
+        # Segments whose files are gone but whose rows could not be deleted
+        # yet (the database could not write: the disk was full).
+        self.forgotten: set[int] = set()
 
     def startService(self) -> None:
         super().startService()
@@ -94,6 +97,9 @@ class Janitor(Service):
 
     async def sweep(self) -> None:
         now = self.reactor.seconds()
+        if self.forgotten:
+            await self.store.delete_segments(sorted(self.forgotten))
+            self.forgotten.clear()
         for stream in await self.store.list_streams():
             if stream.max_age:
                 await self._delete_while(
@@ -132,7 +138,7 @@ class Janitor(Service):
             busy = self.in_use()
             doomed: list[Segment] = []
             for segment in batch:
-                if segment.path in busy:
+                if segment.path in busy or segment.id in self.forgotten:
                     skipped.add(segment.id)
                     continue
                 doomed.append(segment)
@@ -147,7 +153,8 @@ class Janitor(Service):
             await self._delete(doomed)
 
     async def _delete(self, segments: list[Segment]) -> None:
-        await self.store.delete_segments([segment.id for segment in segments])
+        """Files first, then rows: on a full disk the database cannot write
+        until the files are gone (rows left behind are deleted later)."""
         for segment in segments:
             try:
                 os.remove(segment.path)
@@ -157,6 +164,12 @@ class Janitor(Service):
                 log.warn("cannot delete {path}: {error}", path=segment.path, error=error)
             self.deleted_bytes += segment.bytes
         self.deleted_segments += len(segments)
+        ids = [segment.id for segment in segments]
+        try:
+            await self.store.delete_segments(ids)
+        except Exception as error:
+            self.forgotten.update(ids)
+            log.warn("segment rows not deleted yet ({error}): will retry", error=error)
         log.info(
             "retention deleted {count} segments, oldest ending {when}",
             count=len(segments),

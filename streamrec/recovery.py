@@ -34,19 +34,28 @@ class RecoveryReport:
 
 
 def find_orphans(segments_dir: str, own_pid: int | None = None) -> list[int]:
-    """Pids of processes whose working directory is inside ``segments_dir``."""
+    """Pids of segmenters (ffmpeg writing a segment list to a pipe) of this
+    user whose working directory is inside ``segments_dir``."""
     root = os.path.realpath(segments_dir) + os.sep
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == (own_pid or os.getpid()):
             continue
         try:
+            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
             cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
         except OSError:
             continue
-        if (cwd + os.sep).startswith(root):
+        if (cwd + os.sep).startswith(root) and _is_segmenter(argv):
             found.append(int(entry))
     return found
+
+
+def _is_segmenter(argv: list[bytes]) -> bool:
+    return b"-segment_list" in argv and b"pipe:1" in argv and b"ffmpeg" in argv[0]
 
 
 def _alive(pid: int) -> bool:
@@ -93,23 +102,22 @@ async def recover(
     if report.orphans:
         log.warn("ending segmenters left running: pids {pids}", pids=report.orphans)
         await end_orphans(reactor, report.orphans)
-    for stream_name in sorted(os.listdir(segments_dir)):
-        stream_dir = os.path.join(segments_dir, stream_name)
-        if not stream_name.isdigit() or not os.path.isdir(stream_dir):
-            continue
-        for run_name in sorted(os.listdir(stream_dir), key=lambda n: int(n) if n.isdigit() else 0):
-            if run_name.isdigit():
-                await _recover_run(
-                    store,
-                    data_dir,
-                    int(stream_name),
-                    int(run_name),
-                    os.path.join(stream_dir, run_name),
-                    validate,
-                    max_duration,
-                    run_blocking,
-                    report,
-                )
+    # Runs that ended while the service lived were indexed to their last
+    # segment; only runs it never saw end can have segments the index lacks.
+    for run_id, stream_id in await store.open_runs():
+        directory = os.path.join(segments_dir, str(stream_id), str(run_id))
+        if os.path.isdir(directory):
+            await _recover_run(
+                store,
+                data_dir,
+                stream_id,
+                run_id,
+                directory,
+                validate,
+                max_duration,
+                run_blocking,
+                report,
+            )
     for run_id, _stream_id in await store.open_runs():
         await store.close_run(run_id, reactor.seconds(), "interrupted: the service stopped")
         report.closed_runs.append(run_id)

@@ -18,7 +18,7 @@ from .core import Streams
 from .ffmpeg import find_ffmpeg
 from .janitor import Janitor, Retention
 from .plugins import PluginContext, collect, get_plugin_manager, notify, plugin_names
-from .recorder.command import SegmenterSettings
+from .recorder.command import SegmenterSettings, parent_death_launcher
 from .recorder.supervisor import Backoff, Recorder
 from .recorder.validate import validate_segment
 from .recovery import recover
@@ -66,6 +66,7 @@ class StreamrecService(MultiService):
         self.data_dir = os.path.abspath(config.data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         self.ffmpeg = find_ffmpeg(config.ffmpeg or None)
+        self.launcher = parent_death_launcher()
         self.pm = get_plugin_manager(load_entrypoints=config.load_plugins)
         self.storage_factories = collect(self.pm.hook.register_storage_backends)
         self.encoder_factories = collect(self.pm.hook.register_clip_encoders)
@@ -116,6 +117,7 @@ class StreamrecService(MultiService):
             start_timeout=self.config.start_timeout,
             backoff=Backoff(cap=self.config.reconnect_max),
             run_blocking=self._in_thread,
+            launcher=self.launcher,
         )
 
     def _in_thread(self, fn: Any, *args: Any) -> Any:
@@ -183,6 +185,8 @@ class StreamrecService(MultiService):
         site = Site(self.api.resource())
         site.displayTracebacks = False
         endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
+        if not self.running:
+            return  # stopped while recovering
         self.port = await endpoint.listen(site)
         public_url = self.config.public_url or default_public_url(self.port.getHost())
         context = PluginContext(
@@ -220,7 +224,8 @@ class StreamrecService(MultiService):
             in_use=self.worker.paths_in_use,
         )
         self.janitor.setServiceParent(self)
-        await self.streams.resume_all()
+        if self.running:
+            await self.streams.resume_all()
         log.info(
             "streamrec listening on {listen}, links under {url}, data in {data}",
             listen=self.config.listen,

@@ -184,5 +184,5 @@ def makeService(options: Options) -> StreamrecService:
 
     try:
         return StreamrecService(options.config, reactor, exit_on_failure=True)
-    except (ConfigError, RuntimeError) as error:
+    except (ConfigError, RuntimeError, ValueError) as error:
         raise SystemExit(f"streamrec: {error}") from None

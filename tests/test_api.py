@@ -39,6 +39,9 @@ class FakeRecorder:
         self.calls.append("stop")
         self.wanted = False
 
+    def busy(self) -> bool:
+        return self.wanted
+
     def status(self) -> dict[str, Any]:
         return {"state": "recording" if self.wanted else "stopped", "reconnects": 0}
 
@@ -189,8 +192,23 @@ class APITestCase(APIBase):
         self.assertEqual(answer["recorded"]["segments"], 0)
 
     @defer.inlineCallbacks
+    def test_unknown_routes_and_methods(self):
+        code, answer = yield defer.ensureDeferred(self.call("GET", "/nothing"))
+        self.assertEqual(code, 404)
+        self.assertIn("error_message", answer)
+        code, answer = yield defer.ensureDeferred(self.call("DELETE", "/streams/create"))
+        self.assertEqual(code, 405)
+        self.assertIn("error_message", answer)
+
+    @defer.inlineCallbacks
     def test_unknown_stream_is_404_everywhere(self):
-        for path in ("/streams/7/status", "/streams/x/status", "/streams/-1/status"):
+        for path in (
+            "/streams/7/status",
+            "/streams/x/status",
+            "/streams/-1/status",
+            "/streams/%C2%B2/status",
+            "/streams/%D9%A1/status",
+        ):
             code, answer = yield defer.ensureDeferred(self.call("GET", path))
             self.assertEqual((code, answer), (404, {"error_message": "Stream not found"}), path)
         for action in ("start", "stop"):

@@ -152,3 +152,24 @@ class JanitorTests(unittest.TestCase):
         yield first
         left = yield defer.ensureDeferred(self.hours_left(self.cam1))
         self.assertEqual(left, list(range(1, 47)))
+
+    @defer.inlineCallbacks
+    def test_full_disk_frees_files_before_the_database_can_write(self):
+        janitor = self.janitor(max_age=47 * 3600 - 60)
+        real_delete = self.store.delete_segments
+        calls = []
+
+        async def full_disk(ids):
+            calls.append(list(ids))
+            if len(calls) == 1:
+                raise OSError("database or disk is full")
+            await real_delete(ids)
+
+        self.patch(self.store, "delete_segments", full_disk)
+        yield defer.ensureDeferred(janitor.sweep())
+        self.assertFalse(self.exists(self.cam1, 48), "the file is gone at once")
+        self.assertTrue(janitor.forgotten)
+        yield defer.ensureDeferred(janitor.sweep())
+        self.assertEqual(janitor.forgotten, set())
+        left = yield defer.ensureDeferred(self.hours_left(self.cam1))
+        self.assertEqual(left, list(range(1, 47)))

@@ -25,17 +25,20 @@ class OrphanTests(unittest.TestCase):
         os.makedirs(inside)
         elsewhere = self.mktemp()
         os.makedirs(elsewhere)
-        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-        orphan = subprocess.Popen(sleeper, cwd=inside)
-        bystander = subprocess.Popen(sleeper, cwd=elsewhere)
-        self.addCleanup(bystander.kill)
-        self.addCleanup(orphan.kill)
+        sleep = "import time; time.sleep(60)"
+        segmenter = ["ffmpeg", "-c", sleep, "-segment_list", "pipe:1"]
+        orphan = subprocess.Popen(segmenter, executable=sys.executable, cwd=inside)
+        shell = subprocess.Popen([sys.executable, "-c", sleep], cwd=inside)
+        bystander = subprocess.Popen(segmenter, executable=sys.executable, cwd=elsewhere)
+        for process in (orphan, shell, bystander):
+            self.addCleanup(process.kill)
         self.assertEqual(find_orphans(segments), [orphan.pid])
 
         def check(_: object) -> None:
             orphan.wait(5)
             self.assertFalse(_alive(orphan.pid))
             self.assertIsNone(bystander.poll())
+            self.assertIsNone(shell.poll())
 
         return defer.ensureDeferred(end_orphans(reactor, [orphan.pid], grace=2)).addCallback(check)
 

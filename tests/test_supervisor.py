@@ -420,3 +420,85 @@ class RecorderFaultTests(RecorderBase):
         self.assertIn(("disk_full called", None), self.listener.states)
         self.reactor.advance(1)
         self.assertEqual(len(self.reactor.processes), 2)
+
+
+class SlowStore(FakeStore):
+    """open_run answers only when the test says so (or fails if told to)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[defer.Deferred[int]] = []
+        self.fail_runs = 0
+
+    async def open_run(self, stream_id: int, now: float) -> int:
+        if self.fail_runs:
+            self.fail_runs -= 1
+            raise OSError("database or disk is full")
+        d: defer.Deferred[int] = defer.Deferred()
+        self.pending.append(d)
+        await d
+        return await super().open_run(stream_id, now)
+
+
+class RecorderRaceTests(RecorderBase):
+    def test_failure_after_start_timed_out_reconnects(self):
+        started = self.start()
+        self.reactor.advance(8.1)
+        self.successResultOf(started)
+        self.reactor.processes[0].say(2, "rtsp://cam: Connection timed out\n")
+        self.reactor.processes[0].exit(1)
+        self.assertEqual(self.recorder.state, RECONNECTING)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.processes), 2)
+
+    def test_late_kill_never_hits_the_next_segmenter(self):
+        started = self.start()
+        old = self.reactor.processes[0]
+        old.opened()
+        self.successResultOf(started)
+        stopping = defer.ensureDeferred(self.recorder.stop())
+        self.assertEqual(old.signals, ["INT"])
+        old.exit(255)
+        self.successResultOf(stopping)
+        restarted = self.start()
+        new = self.reactor.processes[1]
+        new.opened()
+        self.successResultOf(restarted)
+        self.reactor.advance(self.recorder.kill_timeout + 1)
+        self.assertEqual((old.signals, new.signals), (["INT"], []))
+        self.assertEqual(self.recorder.state, RECORDING)
+
+    def test_stop_while_a_restart_is_launching(self):
+        self.recorder.store = store = SlowStore()
+        self.recorder.resume()
+        self.assertEqual(len(store.pending), 1)
+        stopping = defer.ensureDeferred(self.recorder.stop())
+        self.assertNoResult(stopping)
+        store.pending[0].callback(None)
+        self.successResultOf(stopping)
+        self.assertEqual(self.reactor.processes, [], "nothing spawned after the stop")
+        self.assertEqual(self.recorder.state, STOPPED)
+
+    def test_restart_survives_a_failing_database(self):
+        started = self.start()
+        self.reactor.processes[0].opened()
+        self.successResultOf(started)
+        self.recorder.store = store = SlowStore()
+        store.fail_runs = 3
+        self.reactor.processes[0].exit(1)
+        for _ in range(3):
+            self.reactor.advance(30)
+        self.assertEqual(self.recorder.state, RECONNECTING)
+        self.assertIn("database or disk is full", self.recorder.last_error)
+        self.reactor.advance(30)
+        store.pending[0].callback(None)
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.flushLoggedErrors(OSError)
+
+    def test_start_failing_in_the_database_is_cannot_start(self):
+        self.recorder.store = store = SlowStore()
+        store.fail_runs = 1
+        failure = self.failureResultOf(self.start(), CannotStart)
+        self.assertIn("database or disk is full", failure.value.reason)
+        self.assertFalse(self.recorder.wanted)
+        self.assertEqual(self.recorder.state, STOPPED)

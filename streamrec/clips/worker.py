@@ -179,7 +179,10 @@ class ClipWorker(Service):
             if out_path is not None and os.path.exists(out_path):
                 os.remove(out_path)
             for clip in made:
-                await self.storage.delete_clip(clip.storage_key)
+                try:
+                    await self.storage.delete_clip(clip.storage_key)
+                except Exception:
+                    log.failure("cannot delete clip {key}", key=clip.storage_key)
             await self.store.set_job_status(job.id, JOB_FAILED, now(), error_message=message)
             self.notify("clip_failed", stream_id=job.stream_id, job_id=job.id, error=message)
             return

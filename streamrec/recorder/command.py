@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 from ..sources import input_options
@@ -81,3 +82,14 @@ def segment_index(name: str) -> int | None:
         return None
     digits = name[3:-4]
     return int(digits) if digits.isdigit() else None
+
+
+def parent_death_launcher() -> list[str]:
+    """A prefix that makes the kernel send SIGINT to ffmpeg if streamrec dies.
+
+    ffmpeg then closes its segment and exits instead of recording on, unseen,
+    until the disk is full; the next start indexes what it left. Empty where
+    util-linux's ``setpriv`` is missing (the next start ends leftovers then).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "INT"] if setpriv else []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,8 +157,10 @@ class Run:
     segments: int = 0
     opened: bool = False
     exited: bool = False
-    disk_full: bool = False
+    disk_full: str | None = None
     stall: str | None = None
+    process: Any = None
+    kill_call: IDelayedCall | None = None
     settled: bool = False
     held: list[tuple[str, float, float]] = field(default_factory=list)
     last_observation: tuple[float, float] | None = None
@@ -166,6 +168,15 @@ class Run:
     waiters: list[defer.Deferred[None]] = field(default_factory=list)
     done: defer.Deferred[None] = field(default_factory=defer.Deferred)
     chain: defer.Deferred[None] = field(default_factory=lambda: defer.succeed(None))
+
+    def signal(self, name: str) -> None:
+        """Signal this run's own process (never a later run's)."""
+        if self.process is None or self.exited:
+            return
+        try:
+            self.process.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
 
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn`` after everything queued before it; log its failure."""
@@ -237,7 +248,7 @@ class Run:
 
     def log_line(self, line: str) -> None:
         if any(words in line.lower() for words in DISK_FULL_WORDS):
-            self.disk_full = True
+            self.disk_full = line.strip()
         self.stderr_tail.append(line)
         del self.stderr_tail[:-20]
         self.recorder.log_child(line)
@@ -269,6 +280,7 @@ class Recorder:
         backoff: Backoff | None = None,
         validate: Callable[[str, float], tuple[float, float]] = validate_segment,
         run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.stream_id = stream_id
         self.url = url
@@ -284,15 +296,15 @@ class Recorder:
         self.backoff = backoff or Backoff()
         self.validate = validate
         self.run_blocking = run_blocking or self._in_thread
+        self.launcher = list(launcher)
         self.wanted = False
         self.state = STOPPED
         self.last_error: str | None = None
         self.reconnects = 0
         self.last_segment_at: float | None = None
         self.run: Run | None = None
-        self.process: Any = None
+        self._launching: defer.Deferred[None] | None = None
         self._restart_call: IDelayedCall | None = None
-        self._kill_call: IDelayedCall | None = None
         self._stall_call: IDelayedCall | None = None
 
     # -- helpers ----------------------------------------------------------
@@ -342,18 +354,21 @@ class Recorder:
         waiter: defer.Deferred[None] = defer.Deferred()
         try:
             run = await self._launch()
-        except CannotStart as failure:
+            run.waiters.append(waiter)
+            waiter.addTimeout(self.start_timeout, self.reactor, onTimeoutCancel=lambda *_: None)
+            try:
+                await waiter
+            finally:
+                # Answered (opened, failed or timed out): later failures reconnect.
+                if waiter in run.waiters:
+                    run.waiters.remove(waiter)
+        except Exception as failure:
+            reason = failure.reason if isinstance(failure, CannotStart) else str(failure)
             self.wanted = False
-            self._set_state(STOPPED, failure.reason)
-            raise
-        run.waiters.append(waiter)
-        waiter.addTimeout(self.start_timeout, self.reactor, onTimeoutCancel=lambda *_: None)
-        try:
-            await waiter
-        except CannotStart as failure:
-            self.wanted = False
-            self._set_state(STOPPED, failure.reason)
-            raise
+            self._set_state(STOPPED, reason)
+            if isinstance(failure, CannotStart):
+                raise
+            raise CannotStart(reason) from failure
 
     def resume(self) -> None:
         """Start recording without waiting; failures retry with backoff."""
@@ -368,29 +383,23 @@ class Recorder:
         if self._restart_call is not None and self._restart_call.active():
             self._restart_call.cancel()
         self._restart_call = None
-        run = self.run
         self._disarm_watchdog()
-        if run is not None and not run.exited and self.process is not None:
-            self._interrupt()
+        if self._launching is not None:
+            await self._launching  # a launch in flight sees wanted is False
+        run = self.run
         if run is not None:
+            if not run.exited:
+                self._interrupt(run)
             await run.done
-        if self._kill_call is not None and self._kill_call.active():
-            self._kill_call.cancel()
-        self._kill_call = None
-        self._set_state(STOPPED)
+        if not self.wanted:
+            self._set_state(STOPPED)
 
     # -- process life -----------------------------------------------------------
-    def _signal(self, name: str) -> None:
-        try:
-            self.process.signalProcess(name)
-        except (error.ProcessExitedAlready, AttributeError):
-            pass
-
-    def _interrupt(self) -> None:
+    def _interrupt(self, run: Run) -> None:
         """Ask ffmpeg to close its segment and exit; kill it if it does not."""
-        self._signal("INT")
-        if self._kill_call is None or not self._kill_call.active():
-            self._kill_call = self.reactor.callLater(self.kill_timeout, self._signal, "KILL")
+        run.signal("INT")
+        if run.kill_call is None:
+            run.kill_call = self.reactor.callLater(self.kill_timeout, run.signal, "KILL")
 
     def _arm_watchdog(self) -> None:
         self._disarm_watchdog()
@@ -409,16 +418,32 @@ class Recorder:
             return
         run.stall = f"no new segment for {self.stall_timeout:g} s: restarting ffmpeg"
         log.warn("stream {stream_id}: {why}", stream_id=self.stream_id, why=run.stall)
-        self._interrupt()
+        self._interrupt(run)
 
     async def _launch(self) -> Run:
-        run_id = await self.store.open_run(self.stream_id, self.now())
-        directory = os.path.join(self.data_dir, "segments", str(self.stream_id), str(run_id))
-        os.makedirs(directory, exist_ok=True)
-        run = Run(recorder=self, run_id=run_id, directory=directory, started_at=self.now())
-        args = segmenter_args(self.ffmpeg, self.url, self.settings)
+        """Spawn a segmenter for a new run; CannotStart when that is impossible."""
+        launching: defer.Deferred[None] = defer.Deferred()
+        self._launching = launching
         try:
-            self.process = self.reactor.spawnProcess(
+            return await self._spawn()
+        finally:
+            self._launching = None
+            launching.callback(None)
+
+    async def _spawn(self) -> Run:
+        try:
+            run_id = await self.store.open_run(self.stream_id, self.now())
+        except Exception as failure:
+            raise CannotStart(f"cannot record the run: {failure}") from failure
+        if not self.wanted:
+            await self.store.close_run(run_id, self.now(), "stopped before it started")
+            raise CannotStart("stopped while starting")
+        directory = os.path.join(self.data_dir, "segments", str(self.stream_id), str(run_id))
+        run = Run(recorder=self, run_id=run_id, directory=directory, started_at=self.now())
+        args = self.launcher + segmenter_args(self.ffmpeg, self.url, self.settings)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            run.process = self.reactor.spawnProcess(
                 SegmenterProtocol(run),
                 args[0],
                 args,
@@ -433,11 +458,22 @@ class Recorder:
         log.info(
             "stream {stream_id}: ffmpeg pid {pid} run {run_id} recording into {directory}",
             stream_id=self.stream_id,
-            pid=getattr(self.process, "pid", None),
+            pid=getattr(run.process, "pid", None),
             run_id=run_id,
             directory=directory,
         )
         return run
+
+    def busy(self) -> bool:
+        """Started, or still closing and indexing its last segment."""
+        run = self.run
+        return self.wanted or (run is not None and not run.done.called)
+
+    @property
+    def process(self) -> Any:
+        """The running segmenter's process transport, if one runs."""
+        run = self.run
+        return run.process if run is not None and not run.exited else None
 
     def run_opened(self, run: Run) -> None:
         if run is not self.run:
@@ -449,32 +485,30 @@ class Recorder:
             waiter.callback(None)
 
     async def run_ended(self, run: Run, reason: Failure) -> None:
-        await self._index_trailing(run)
+        if run.kill_call is not None and run.kill_call.active():
+            run.kill_call.cancel()
+        if run is self.run:
+            self._disarm_watchdog()
         exit_code = getattr(reason.value, "exitCode", None)
         why = run.stall or explain(run.stderr_tail)
-        if run is self.run:
-            self.process = None
-            self._disarm_watchdog()
-            if self._kill_call is not None and self._kill_call.active():
-                self._kill_call.cancel()
-            self._kill_call = None
-        await self.store.close_run(run.run_id, self.now(), f"exit {exit_code}: {why}")
         waiters, run.waiters = run.waiters, []
-        for waiter in waiters:
-            waiter.errback(CannotStart(why))
-        if run is not self.run or not self.wanted:
-            return
-        if waiters:
-            # The first start failed: start() reports it, nothing restarts.
-            return
-        if run.segments:
-            self.backoff.reset()
-        if run.disk_full:
-            self._set_state(DISK_FULL, f"disk full: {why}")
-            self.listener.disk_full(self.stream_id)
-        else:
-            self._set_state(RECONNECTING, why)
-        self._schedule_restart()
+        try:
+            await self._index_trailing(run)
+            await self.store.close_run(run.run_id, self.now(), f"exit {exit_code}: {why}")
+        finally:
+            for waiter in waiters:
+                waiter.errback(CannotStart(why))
+            if run is self.run and self.wanted and not waiters:
+                # Recording ended by itself: reconnect (a failed first start is
+                # reported by start() instead).
+                if run.segments:
+                    self.backoff.reset()
+                if run.disk_full:
+                    self._set_state(DISK_FULL, f"disk full: {run.disk_full}")
+                    self.listener.disk_full(self.stream_id)
+                else:
+                    self._set_state(RECONNECTING, why)
+                self._schedule_restart()
 
     def _schedule_restart(self) -> None:
         delay = self.backoff.next_delay()
@@ -492,11 +526,16 @@ class Recorder:
         self.reconnects += 1 if self.run is not None else 0
 
         def failed(failure: Failure) -> None:
-            error = failure.trap(CannotStart) and failure.value
-            assert isinstance(error, CannotStart)
-            self._set_state(RECONNECTING, error.reason)
-            if self.wanted:
-                self._schedule_restart()
+            if not self.wanted:
+                return
+            if isinstance(failure.value, CannotStart):
+                reason = failure.value.reason
+            else:
+                self.log_failure(failure, "restart failed")
+                reason = str(failure.value)
+            if self.state != DISK_FULL:
+                self._set_state(RECONNECTING, reason)
+            self._schedule_restart()
 
         d = defer.ensureDeferred(self._launch())
         d.addErrback(failed)
@@ -537,7 +576,9 @@ class Recorder:
         anchor = run.indexed_anchor
         if media_end is not None:
             end = anchor + media_end
-            start = run.last_end if run.last_end is not None else end - duration
+            start = end - duration
+            if run.last_end is not None and abs(start - run.last_end) < 0.25:
+                start = run.last_end  # the usual case: right after the previous one
         elif run.last_end is not None:
             start = run.last_end
             end = start + duration
