@@ -33,6 +33,16 @@ class Retention:
     interval: float = 60.0
 
 
+def _remove_files(segments: list[Segment]) -> None:
+    for segment in segments:
+        try:
+            os.remove(segment.path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.warn("cannot delete {path}: {error}", path=segment.path, error=error)
+
+
 def free_bytes(path: str) -> int:
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
@@ -48,6 +58,7 @@ class Janitor(Service):
         data_dir: str,
         retention: Retention,
         in_use: Callable[[], set[str]],
+        run_blocking: Callable[..., defer.Deferred[Any]],
         free: Callable[[str], int] = free_bytes,
     ) -> None:
         self.reactor = reactor
@@ -56,6 +67,7 @@ class Janitor(Service):
         self.data_dir = data_dir
         self.retention = retention
         self.in_use = in_use
+        self.run_blocking = run_blocking
         self.free = free
         self.deleted_segments = 0
         self.deleted_bytes = 0
@@ -155,14 +167,8 @@ class Janitor(Service):
     async def _delete(self, segments: list[Segment]) -> None:
         """Files first, then rows: on a full disk the database cannot write
         until the files are gone (rows left behind are deleted later)."""
-        for segment in segments:
-            try:
-                os.remove(segment.path)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                log.warn("cannot delete {path}: {error}", path=segment.path, error=error)
-            self.deleted_bytes += segment.bytes
+        await self.run_blocking(_remove_files, segments)
+        self.deleted_bytes += sum(segment.bytes for segment in segments)
         self.deleted_segments += len(segments)
         ids = [segment.id for segment in segments]
         try:

@@ -222,6 +222,7 @@ class StreamrecService(MultiService):
                 interval=self.config.retention_interval,
             ),
             in_use=self.worker.paths_in_use,
+            run_blocking=self._in_thread,
         )
         self.janitor.setServiceParent(self)
         if self.running:

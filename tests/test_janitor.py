@@ -60,6 +60,7 @@ class JanitorTests(unittest.TestCase):
             data_dir=self.dir,
             retention=Retention(**retention),
             in_use=lambda: self.busy,
+            run_blocking=defer.maybeDeferred,
             free=lambda path: self.free,
         )
 
