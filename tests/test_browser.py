@@ -17,6 +17,10 @@ and POSTs everything as JSON back to the test server.  The block means are
 decoded here with ``tests.framecode`` (the leftmost block is the most
 significant bit).
 
+The same range is also re-encoded by the built-in ``transcode`` encoder
+(H.264 without B-frames, no edit list; ``preset=ultrafast``) and played the
+same way: same first frame exactly, last frame within one, same duration.
+
 Skipped when ``/usr/bin/chromium`` is absent (``scripts/install-system-packages``
 installs it).
 """
@@ -28,8 +32,10 @@ import os
 import shutil
 import signal
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
+import av
 from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.protocols import policies
@@ -38,10 +44,11 @@ from twisted.trial import unittest
 from twisted.web import resource, server, static
 
 from streamrec.builtin.local_storage import LocalStorage
-from streamrec.clips.mp4 import build_clip
-from streamrec.plugins import PluginContext
+from streamrec.builtin.transcode_encoder import TranscodeEncoder
+from streamrec.clips.mp4 import ClipResult, build_clip
+from streamrec.plugins import EncodeRequest, PluginContext
 from tests import framecode
-from tests.test_mp4 import FFMPEG, FPS, decoded_numbers, recording, wall
+from tests.test_mp4 import FFMPEG, FPS, Recording, decoded_numbers, recording, wall
 
 CHROMIUM = "/usr/bin/chromium"
 SETSID = shutil.which("setsid")
@@ -212,6 +219,26 @@ class ChromiumProtocol(protocol.ProcessProtocol):
         return b"".join(self.output).decode("utf-8", "replace")[-limit:]
 
 
+def video_codec_and_numbers(path: str) -> tuple[str, list[int]]:
+    """The video stream's codec (as PyAV names it) and the frame numbers shown."""
+    with av.open(path) as container:
+        codec = container.streams.video[0].codec_context.name
+    return codec, decoded_numbers(path)
+
+
+@dataclass(frozen=True)
+class ClipSite:
+    """What :meth:`BrowserPlaybackTests.clip_site` sets up for one test."""
+
+    rec: Recording
+    root: resource.Resource
+    results: ResultResource
+    base: str
+    data_dir: str
+    context: PluginContext
+    storage: LocalStorage
+
+
 class BrowserPlaybackTests(unittest.TestCase):
     timeout = 60
 
@@ -274,37 +301,38 @@ class BrowserPlaybackTests(unittest.TestCase):
         return proto
 
     @defer.inlineCallbacks
-    def test_first_frame_is_requested_instant_and_plays(self):  # type: ignore[no-untyped-def]
+    def clip_site(self):  # type: ignore[no-untyped-def]
+        """The recording; a Site on 127.0.0.1 serving ``/clips`` (LocalStorage), ``/result``."""
         rec = yield threads.deferToThread(
             recording, "browser_h264_bf2_aac", seconds=8, bf=2, audio=True
         )
-
         root = resource.Resource()
         results = ResultResource()
         root.putChild(b"result", results)
-        site = server.Site(root)
-        port = yield self.serve(site)
+        port = yield self.serve(server.Site(root))
         base = f"http://127.0.0.1:{port}"
-
         data_dir = self.mktemp()
         os.makedirs(data_dir)
-        storage = LocalStorage(PluginContext(reactor, data_dir, base, FFMPEG))
+        context = PluginContext(reactor, data_dir, base, FFMPEG)
+        storage = LocalStorage(context)
         root.putChild(b"clips", storage.resource())
-        local = os.path.join(data_dir, "building.mp4")
-        clip = yield threads.deferToThread(build_clip, rec.pieces, wall(START), wall(STOP), local)
-        url = yield defer.Deferred.fromCoroutine(storage.store_clip(local, "clip.mp4"))
-        self.assertEqual(url, base + "/clips/clip.mp4")
+        return ClipSite(rec, root, results, base, data_dir, context, storage)
 
-        # The clip itself is right (PyAV applies the edit list): the browser is what is tested.
-        served = os.path.join(storage.directory, "clip.mp4")
-        numbers = yield threads.deferToThread(decoded_numbers, served)
-        self.assertEqual((numbers[0], numbers[-1]), (FIRST_FRAME, LAST_FRAME))
+    @defer.inlineCallbacks
+    def store(self, site: ClipSite, local: str, key: str):  # type: ignore[no-untyped-def]
+        """Store ``local`` as ``key``; the path of the file the Site serves."""
+        url = yield defer.Deferred.fromCoroutine(site.storage.store_clip(local, key))
+        self.assertEqual(url, f"{site.base}/clips/{key}")
+        return os.path.join(site.storage.directory, key)
 
-        root.putChild(
+    @defer.inlineCallbacks
+    def play(self, site: ClipSite, key: str):  # type: ignore[no-untyped-def]
+        """Chromium loads the page playing ``/clips/<key>``; the page's report."""
+        site.root.putChild(
             b"page.html",
-            static.Data((PAGE % {"src": "/clips/clip.mp4"}).encode(), "text/html; charset=utf-8"),
+            static.Data((PAGE % {"src": f"/clips/{key}"}).encode(), "text/html; charset=utf-8"),
         )
-        chromium = self.spawn_chromium(base + "/page.html")
+        chromium = self.spawn_chromium(site.base + "/page.html")
 
         # Whichever comes first: the page's report, Chromium's exit, the time limit.
         outcome: defer.Deferred[tuple[str, Any]] = defer.Deferred()
@@ -313,7 +341,7 @@ class BrowserPlaybackTests(unittest.TestCase):
             if not outcome.called:
                 outcome.callback((kind, value))
 
-        results.received.addCallback(lambda report: first_of("report", report))
+        site.results.received.addCallback(lambda report: first_of("report", report))
         chromium.ended().addCallback(lambda _: first_of("exited"))
         timer = reactor.callLater(RESULT_TIMEOUT, first_of, "timeout")
         self.addCleanup(lambda: timer.active() and timer.cancel())
@@ -328,8 +356,14 @@ class BrowserPlaybackTests(unittest.TestCase):
                 f"Chromium exited before the page reported ({chromium.exit.value}):\n"
                 f"{chromium.text()}"
             )
+        return report
 
-        context = f"page report: {json.dumps(report)}"
+    def check_playback(
+        self, label: str, report: dict[str, Any], clip: ClipResult, last_slack: int
+    ) -> None:
+        """The first frame shown is FIRST_FRAME exactly, the last LAST_FRAME within
+        ``last_slack`` frames, ``ended`` fired and the duration is the range's."""
+        context = f"{label}: page report: {json.dumps(report)}"
         self.assertNotIn("error", report, context)
         first = report["first"]
         self.assertIsNotNone(first, context)
@@ -347,8 +381,63 @@ class BrowserPlaybackTests(unittest.TestCase):
         )
 
         self.assertTrue(report["ended"], context)
-        duration = report["last"]["duration"]
+        last = report["last"]
+        self.assertIsNotNone(last, context)
+        self.assertTrue(all(abs(m - 128) > 40 for m in last["means"]), context)
+        duration = last["duration"]
         self.assertApproximates(duration, STOP - START, 1.0 / FPS, context)
         self.assertApproximates(duration, clip.duration, 1.0 / FPS, context)
-        self.assertApproximates(report["last"]["currentTime"], duration, 1.0 / FPS, context)
-        self.assertEqual(number_from_means(report["last"]["means"]), LAST_FRAME, context)
+        self.assertApproximates(last["currentTime"], duration, 1.0 / FPS, context)
+        shown_last = number_from_means(last["means"])
+        self.assertLessEqual(
+            abs(shown_last - LAST_FRAME),
+            last_slack,
+            f"last frame shown {shown_last}, expected {LAST_FRAME}"
+            f"{f' ±{last_slack}' if last_slack else ''}; {context}",
+        )
+        print(
+            f"\n{label}: frames shown {shown}..{shown_last} "
+            f"(expected {FIRST_FRAME}..{LAST_FRAME}), duration {duration:.3f} s"
+        )
+
+    @defer.inlineCallbacks
+    def test_first_frame_is_requested_instant_and_plays(self):  # type: ignore[no-untyped-def]
+        site = yield self.clip_site()
+        local = os.path.join(site.data_dir, "building.mp4")
+        clip = yield threads.deferToThread(
+            build_clip, site.rec.pieces, wall(START), wall(STOP), local
+        )
+        served = yield self.store(site, local, "clip.mp4")
+
+        # The clip itself is right (PyAV applies the edit list): the browser is what is tested.
+        numbers = yield threads.deferToThread(decoded_numbers, served)
+        self.assertEqual((numbers[0], numbers[-1]), (FIRST_FRAME, LAST_FRAME))
+
+        report = yield self.play(site, "clip.mp4")
+        self.check_playback("copy", report, clip, last_slack=0)
+
+    @defer.inlineCallbacks
+    def test_transcoded_clip_plays(self):  # type: ignore[no-untyped-def]
+        """The ``transcode`` encoder's clip (H.264, no edit list) of the same range."""
+        site = yield self.clip_site()
+        local = os.path.join(site.data_dir, "transcoding.mp4")
+        request = EncodeRequest(
+            pieces=site.rec.pieces,
+            start=wall(START),
+            stop=wall(STOP),
+            out_path=local,
+            options={"preset": "ultrafast"},
+            progress=lambda fraction: None,
+        )
+        clip = yield defer.Deferred.fromCoroutine(TranscodeEncoder(site.context).encode(request))
+        served = yield self.store(site, local, "transcoded.mp4")
+
+        codec, numbers = yield threads.deferToThread(video_codec_and_numbers, served)
+        self.assertEqual(codec, "h264")
+        with open(served, "rb") as f:
+            self.assertNotIn(b"elst", f.read(), "the transcoded clip has an edit list")
+        self.assertEqual(numbers[0], FIRST_FRAME)
+        self.assertApproximates(numbers[-1], LAST_FRAME, 1)
+
+        report = yield self.play(site, "transcoded.mp4")
+        self.check_playback("transcode", report, clip, last_slack=1)
