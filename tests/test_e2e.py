@@ -60,6 +60,7 @@ class UdpRecordingTests(ServiceTestCase):
             clip["link"], headers={b"Range": [b"bytes=0-99"]}, persistent=False
         )
         self.assertEqual(response.code, 206)
+        self.assertEqual(response.headers.getRawHeaders(b"access-control-allow-origin"), [b"*"])
         self.assertEqual(len(await response.content()), 100)
         # Stop, wait, start again: a clip across the gap has two parts.
         await service.ok("POST", f"/streams/{stream_id}/stop")
