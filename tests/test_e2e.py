@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import treq
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.web import static
+from twisted.web.server import Site
 
+from . import framecode
 from .harness import FRAME, Service, ServiceTestCase, sleep, until
-from .livesource import FPS, RtspServer, UdpTsSource, free_port
+from .livesource import FFMPEG, FPS, RtspServer, UdpTsSource, free_port
 
 
 class UdpRecordingTests(ServiceTestCase):
@@ -201,3 +205,55 @@ class RestartTests(ServiceTestCase):
         self.assertEqual(len(job["clips"]), 2, job)
         for clip in job["clips"]:
             await self.fetch(second, clip)
+
+
+class HlsTests(ServiceTestCase):
+    """A live HLS playlist over HTTP (ffmpeg's HLS muxer, served by twisted.web)."""
+
+    def hls_source(self) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        command = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
+        command += ["-f", "lavfi", "-i", framecode.source_filter(320, 240, FPS)]
+        command += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+        command += ["-c:v", "libx264", "-preset", "veryfast", "-g", str(FPS), "-c:a", "aac"]
+        command += ["-f", "hls", "-hls_time", "1", "-hls_list_size", "6"]
+        command += ["-hls_flags", "delete_segments", os.path.join(directory, "live.m3u8")]
+        encoder = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+        def stop_encoder() -> None:
+            encoder.kill()
+            encoder.wait(10)
+
+        self.addCleanup(stop_encoder)
+        port = reactor.listenTCP(0, Site(static.File(directory)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}/live.m3u8"
+
+    @defer.inlineCallbacks
+    def test_live_playlist(self):
+        yield defer.ensureDeferred(self._live_playlist())
+
+    async def _live_playlist(self) -> None:
+        url = self.hls_source()
+        service = await self.service()
+        stream_id = (await service.ok("POST", "/streams/create", url=url))["stream_id"]
+
+        async def started() -> bool:
+            code, _ = await service.call("POST", f"/streams/{stream_id}/start")
+            return code == 200
+
+        await until(started, 20, "the playlist to be served", interval=1)
+        first = await until(
+            lambda: self._first(service, stream_id), 30, "the first segment of the playlist"
+        )
+        start = first + 2.37
+        await service.recorded_until(stream_id, start + 4)
+        job = await service.clip(stream_id, start=start, stop=start + 3)
+        [clip] = job["clips"]
+        shown = await self.fetch(service, clip)
+        self.assertEqual((shown["video"], shown["audio"]), ("h264", "aac"))
+        self.assertNear(len(shown["numbers"]), 3 * FPS, 1)
+
+    async def _first(self, service: Service, stream_id: int) -> float | None:
+        return (await service.status(stream_id))["recorded"]["first"]
