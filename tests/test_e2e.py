@@ -257,3 +257,50 @@ class HlsTests(ServiceTestCase):
 
     async def _first(self, service: Service, stream_id: int) -> float | None:
         return (await service.status(stream_id))["recorded"]["first"]
+
+
+class ListeningSourceTests(ServiceTestCase):
+    """Sources that wait for the recorder to connect: an RTMP server and an SRT
+    listener (ffmpeg playing the encoder's part)."""
+
+    def listening_source(self, output: list[str]) -> None:
+        command = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
+        command += ["-f", "lavfi", "-i", framecode.source_filter(320, 240, FPS)]
+        command += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+        command += ["-c:v", "libx264", "-preset", "veryfast", "-g", str(FPS), "-c:a", "aac"]
+        encoder = subprocess.Popen(command + output, stdin=subprocess.DEVNULL)
+
+        def stop_encoder() -> None:
+            encoder.kill()
+            encoder.wait(10)
+
+        self.addCleanup(stop_encoder)
+
+    async def record_a_clip(self, url: str) -> None:
+        service = await self.service()
+        stream_id = (await service.ok("POST", "/streams/create", url=url))["stream_id"]
+
+        async def started() -> bool:
+            code, _ = await service.call("POST", f"/streams/{stream_id}/start")
+            return code == 200
+
+        await until(started, 15, f"{url} to answer", interval=0.5)
+        began = time.time()
+        await service.recorded_until(stream_id, began + 4)
+        job = await service.clip(stream_id, start=began + 1.3, stop=began + 3.3)
+        [clip] = job["clips"]
+        shown = await self.fetch(service, clip)
+        self.assertEqual((shown["video"], shown["audio"]), ("h264", "aac"))
+        self.assertNear(len(shown["numbers"]), 2 * FPS, 1)
+
+    @defer.inlineCallbacks
+    def test_rtmp(self):
+        url = f"rtmp://127.0.0.1:{free_port()}/live/cam"
+        self.listening_source(["-f", "flv", "-listen", "1", url])
+        yield defer.ensureDeferred(self.record_a_clip(url))
+
+    @defer.inlineCallbacks
+    def test_srt(self):
+        port = free_port("udp")
+        self.listening_source(["-f", "mpegts", f"srt://127.0.0.1:{port}?mode=listener"])
+        yield defer.ensureDeferred(self.record_a_clip(f"srt://127.0.0.1:{port}?mode=caller"))
