@@ -157,7 +157,7 @@ class RtspTests(ServiceTestCase):
         camera = RtspServer.running(self, h265=False)
         service = await self.service()
         streams = {}
-        for mount in ("h264aac", "h264alaw", "h264"):
+        for mount in ("h264aac", "h264alaw", "h264mulaw", "h264"):
             body = await service.ok("POST", "/streams/create", url=camera.url(mount))
             streams[mount] = body["stream_id"]
             await service.ok("POST", f"/streams/{streams[mount]}/start")
