@@ -21,6 +21,15 @@ The same range is also re-encoded by the built-in ``transcode`` encoder
 (H.264 without B-frames, no edit list; ``preset=ultrafast``) and played the
 same way: same first frame exactly, last frame within one, same duration.
 
+Finally the whole chain: a live RTSP camera (``tests.livesource.RtspServer``)
+recorded by a real streamrec service (``tests.harness``), a 3 s clip asked
+for over the API starting mid-GOP, and Chromium playing the clip link from
+the service's own port while the page comes from the test's Site: a
+cross-origin ``<video crossorigin="anonymous">`` whose pixels the canvas can
+read only because the clip files send ``Access-Control-Allow-Origin: *``.
+What Chromium shows first and last is compared with what PyAV decodes from
+the same link, and the first frame with the camera's clock.
+
 Skipped when ``/usr/bin/chromium`` is absent (``scripts/install-system-packages``
 installs it).
 """
@@ -34,6 +43,7 @@ import signal
 import tempfile
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import av
 from twisted.internet import defer, protocol, reactor, task, threads
@@ -48,6 +58,8 @@ from streamrec.builtin.transcode_encoder import TranscodeEncoder
 from streamrec.clips.mp4 import ClipResult, build_clip
 from streamrec.plugins import EncodeRequest, PluginContext
 from tests import framecode
+from tests.harness import FRAME, ServiceTestCase, until
+from tests.livesource import GOP, RtspServer
 from tests.test_mp4 import FFMPEG, FPS, Recording, decoded_numbers, recording, wall
 
 CHROMIUM = "/usr/bin/chromium"
@@ -82,7 +94,7 @@ CHROMIUM_FLAGS = [
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>clip</title></head>
 <body>
-<video id="v" muted playsinline preload="auto" src="%(src)s"></video>
+<video id="v" muted playsinline preload="auto"%(crossorigin)s src="%(src)s"></video>
 <canvas id="c"></canvas>
 <script>
 "use strict";
@@ -227,19 +239,28 @@ def video_codec_and_numbers(path: str) -> tuple[str, list[int]]:
 
 
 @dataclass(frozen=True)
-class ClipSite:
-    """What :meth:`BrowserPlaybackTests.clip_site` sets up for one test."""
+class PageSite:
+    """What :meth:`ChromiumTestCase.page_site` sets up: a Site on 127.0.0.1
+    (``base``) whose ``root`` gets the page, and the page's report."""
 
-    rec: Recording
     root: resource.Resource
     results: ResultResource
     base: str
+
+
+@dataclass(frozen=True)
+class ClipSite(PageSite):
+    """What :meth:`BrowserPlaybackTests.clip_site` sets up for one test."""
+
+    rec: Recording
     data_dir: str
     context: PluginContext
     storage: LocalStorage
 
 
-class BrowserPlaybackTests(unittest.TestCase):
+class ChromiumTestCase(unittest.TestCase):
+    """Headless Chromium playing a clip on a page served from 127.0.0.1."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -301,37 +322,37 @@ class BrowserPlaybackTests(unittest.TestCase):
         return proto
 
     @defer.inlineCallbacks
-    def clip_site(self):  # type: ignore[no-untyped-def]
-        """The recording; a Site on 127.0.0.1 serving ``/clips`` (LocalStorage), ``/result``."""
-        rec = yield threads.deferToThread(
-            recording, "browser_h264_bf2_aac", seconds=8, bf=2, audio=True
-        )
+    def page_site(self):  # type: ignore[no-untyped-def]
+        """A Site on 127.0.0.1 serving ``/result`` (and, once :meth:`play` runs, the page)."""
         root = resource.Resource()
         results = ResultResource()
         root.putChild(b"result", results)
         port = yield self.serve(server.Site(root))
-        base = f"http://127.0.0.1:{port}"
-        data_dir = self.mktemp()
-        os.makedirs(data_dir)
-        context = PluginContext(reactor, data_dir, base, FFMPEG)
-        storage = LocalStorage(context)
-        root.putChild(b"clips", storage.resource())
-        return ClipSite(rec, root, results, base, data_dir, context, storage)
+        return PageSite(root, results, f"http://127.0.0.1:{port}")
 
     @defer.inlineCallbacks
-    def store(self, site: ClipSite, local: str, key: str):  # type: ignore[no-untyped-def]
-        """Store ``local`` as ``key``; the path of the file the Site serves."""
-        url = yield defer.Deferred.fromCoroutine(site.storage.store_clip(local, key))
-        self.assertEqual(url, f"{site.base}/clips/{key}")
-        return os.path.join(site.storage.directory, key)
+    def play(self, site: PageSite, src: str):  # type: ignore[no-untyped-def]
+        """Chromium loads the page playing ``src``; the page's report.
 
-    @defer.inlineCallbacks
-    def play(self, site: ClipSite, key: str):  # type: ignore[no-untyped-def]
-        """Chromium loads the page playing ``/clips/<key>``; the page's report."""
+        ``src`` is a path on ``site`` or the URL of another origin: the
+        ``<video>`` is then ``crossorigin="anonymous"``, so the canvas stays
+        readable only if that origin allows it (CORS).
+        """
+        same_origin = src.startswith("/") or src.startswith(site.base + "/")
         site.root.putChild(
             b"page.html",
-            static.Data((PAGE % {"src": f"/clips/{key}"}).encode(), "text/html; charset=utf-8"),
+            static.Data(
+                (
+                    PAGE
+                    % {
+                        "src": src,
+                        "crossorigin": "" if same_origin else ' crossorigin="anonymous"',
+                    }
+                ).encode(),
+                "text/html; charset=utf-8",
+            ),
         )
+
         chromium = self.spawn_chromium(site.base + "/page.html")
 
         # Whichever comes first: the page's report, Chromium's exit, the time limit.
@@ -359,10 +380,18 @@ class BrowserPlaybackTests(unittest.TestCase):
         return report
 
     def check_playback(
-        self, label: str, report: dict[str, Any], clip: ClipResult, last_slack: int
+        self,
+        label: str,
+        report: dict[str, Any],
+        first_frame: int,
+        last_frame: int,
+        durations: list[float],
+        last_slack: int,
+        hint: str = "",
     ) -> None:
-        """The first frame shown is FIRST_FRAME exactly, the last LAST_FRAME within
-        ``last_slack`` frames, ``ended`` fired and the duration is the range's."""
+        """The first frame shown is ``first_frame`` exactly, the last ``last_frame``
+        within ``last_slack`` frames, ``ended`` fired and the duration is
+        each of ``durations`` within a frame."""
         context = f"{label}: page report: {json.dumps(report)}"
         self.assertNotIn("error", report, context)
         first = report["first"]
@@ -375,29 +404,75 @@ class BrowserPlaybackTests(unittest.TestCase):
         shown = number_from_means(first["means"])
         self.assertEqual(
             shown,
-            FIRST_FRAME,
-            f"first frame shown {shown}, expected "
-            f"{FIRST_FRAME} (keyframe before it: {FPS * int(START)}); {context}",
+            first_frame,
+            f"first frame shown {shown}, expected {first_frame}{hint}; {context}",
         )
 
         self.assertTrue(report["ended"], context)
         last = report["last"]
         self.assertIsNotNone(last, context)
         self.assertTrue(all(abs(m - 128) > 40 for m in last["means"]), context)
-        duration = last["duration"]
-        self.assertApproximates(duration, STOP - START, 1.0 / FPS, context)
-        self.assertApproximates(duration, clip.duration, 1.0 / FPS, context)
-        self.assertApproximates(last["currentTime"], duration, 1.0 / FPS, context)
+        shown_duration = last["duration"]
+        for duration in durations:
+            self.assertApproximates(shown_duration, duration, 1.0 / FPS, context)
+        self.assertApproximates(last["currentTime"], shown_duration, 1.0 / FPS, context)
         shown_last = number_from_means(last["means"])
         self.assertLessEqual(
-            abs(shown_last - LAST_FRAME),
+            abs(shown_last - last_frame),
             last_slack,
-            f"last frame shown {shown_last}, expected {LAST_FRAME}"
+            f"last frame shown {shown_last}, expected {last_frame}"
             f"{f' ±{last_slack}' if last_slack else ''}; {context}",
         )
         print(
             f"\n{label}: frames shown {shown}..{shown_last} "
-            f"(expected {FIRST_FRAME}..{LAST_FRAME}), duration {duration:.3f} s"
+            f"(expected {first_frame}..{last_frame}), duration {shown_duration:.3f} s"
+        )
+
+
+class BrowserPlaybackTests(ChromiumTestCase):
+    """Clips built from a local recording, served from the test's own Site."""
+
+    @defer.inlineCallbacks
+    def clip_site(self):  # type: ignore[no-untyped-def]
+        """The recording; a Site on 127.0.0.1 serving ``/clips`` (LocalStorage), ``/result``."""
+        rec = yield threads.deferToThread(
+            recording, "browser_h264_bf2_aac", seconds=8, bf=2, audio=True
+        )
+        page = yield self.page_site()
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        context = PluginContext(reactor, data_dir, page.base, FFMPEG)
+        storage = LocalStorage(context)
+        page.root.putChild(b"clips", storage.resource())
+        return ClipSite(
+            root=page.root,
+            results=page.results,
+            base=page.base,
+            rec=rec,
+            data_dir=data_dir,
+            context=context,
+            storage=storage,
+        )
+
+    @defer.inlineCallbacks
+    def store(self, site: ClipSite, local: str, key: str):  # type: ignore[no-untyped-def]
+        """Store ``local`` as ``key``; the path of the file the Site serves."""
+        url = yield defer.Deferred.fromCoroutine(site.storage.store_clip(local, key))
+        self.assertEqual(url, f"{site.base}/clips/{key}")
+        return os.path.join(site.storage.directory, key)
+
+    def check_clip_playback(
+        self, label: str, report: dict[str, Any], clip: ClipResult, last_slack: int
+    ) -> None:
+        """FIRST_FRAME..LAST_FRAME shown, for as long as the range and the clip last."""
+        self.check_playback(
+            label,
+            report,
+            FIRST_FRAME,
+            LAST_FRAME,
+            [STOP - START, clip.duration],
+            last_slack,
+            hint=f" (keyframe before it: {FPS * int(START)})",
         )
 
     @defer.inlineCallbacks
@@ -413,8 +488,8 @@ class BrowserPlaybackTests(unittest.TestCase):
         numbers = yield threads.deferToThread(decoded_numbers, served)
         self.assertEqual((numbers[0], numbers[-1]), (FIRST_FRAME, LAST_FRAME))
 
-        report = yield self.play(site, "clip.mp4")
-        self.check_playback("copy", report, clip, last_slack=0)
+        report = yield self.play(site, "/clips/clip.mp4")
+        self.check_clip_playback("copy", report, clip, last_slack=0)
 
     @defer.inlineCallbacks
     def test_transcoded_clip_plays(self):  # type: ignore[no-untyped-def]
@@ -439,5 +514,69 @@ class BrowserPlaybackTests(unittest.TestCase):
         self.assertEqual(numbers[0], FIRST_FRAME)
         self.assertApproximates(numbers[-1], LAST_FRAME, 1)
 
-        report = yield self.play(site, "transcoded.mp4")
-        self.check_playback("transcode", report, clip, last_slack=1)
+        report = yield self.play(site, "/clips/transcoded.mp4")
+        self.check_clip_playback("transcode", report, clip, last_slack=1)
+
+
+#: Live clip: starts this long after the first recorded segment (a keyframe)
+#: so 0.37 s of GOP lead-in is hidden, and lasts this long.
+LIVE_OFFSET = 2.37
+LIVE_SECONDS = 3.0
+
+
+class LiveCameraBrowserTests(ChromiumTestCase, ServiceTestCase):
+    """RTSP camera -> streamrec service -> clip link -> Chromium, cross-origin."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_live_clip_link_plays_cross_origin_from_requested_instant(self):  # type: ignore[no-untyped-def]
+        yield defer.ensureDeferred(self._live_clip_link())
+
+    async def _live_clip_link(self) -> None:
+        camera = RtspServer.running(self, h265=False)
+        service = await self.service()
+        url = camera.url("h264aac")
+        stream_id = (await service.ok("POST", "/streams/create", url=url))["stream_id"]
+        await service.ok("POST", f"/streams/{stream_id}/start")
+
+        async def first_segment() -> float | None:
+            return (await service.status(stream_id))["recorded"]["first"]
+
+        first = await until(first_segment, 20, "the first segment")
+        start = first + LIVE_OFFSET
+        stop = start + LIVE_SECONDS
+        await service.recorded_until(stream_id, first + 6, timeout=20)
+        job = await service.clip(stream_id, timeout=20, start=start, stop=stop)
+        [clip] = job["clips"]
+        self.assertNear(clip["duration"], LIVE_SECONDS, FRAME, job)
+        link = clip["link"]
+        self.assertTrue(link.startswith(service.base + "/"), (link, service.base))
+
+        # What PyAV shows from the link (treq download, edit list honoured).
+        decoded = await self.fetch(service, clip)
+        numbers = decoded["numbers"]
+        self.assertEqual((decoded["video"], decoded["audio"]), ("h264", "aac"))
+        self.assertNear(decoded["duration"], LIVE_SECONDS, FRAME)
+        # The camera's keyframes are its frames 0, 25, 50...: a clip starting on
+        # one would leave nothing for the edit list to hide.
+        self.assertNotEqual(numbers[0] % GOP, 0, f"clip starts on a keyframe: {numbers[0]}")
+        error = camera.frame_time(numbers[0]) - start
+        print(
+            f"\nlive RTSP clip: first frame {numbers[0]} "
+            f"({numbers[0] % GOP} after its keyframe), start error {error * 1000:+.0f} ms"
+        )
+        self.assertLess(abs(error), 0.5, f"frame {numbers[0]} left the camera {error:+.3f} s off")
+
+        # The page from another origin (the test's Site) plays the service's link.
+        page = await self.page_site()
+        self.assertNotEqual(urlsplit(page.base).netloc, urlsplit(link).netloc)
+        report = await self.play(page, link)
+        self.check_playback(
+            "live RTSP, cross-origin",
+            report,
+            numbers[0],
+            numbers[-1],
+            [LIVE_SECONDS, clip["duration"]],
+            last_slack=1,
+        )
