@@ -52,6 +52,11 @@ def segmenter_args(ffmpeg: str, url: str, settings: SegmenterSettings) -> list[s
         "aac",
         "-b:a",
         settings.audio_bitrate,
+        # AAC frames of 1024 samples last 128 ms at G.711's 8 kHz and the
+        # encoder delays as much again, which holds video back in the muxer and
+        # skews the wall clock; at 48 kHz both are 21 ms.
+        "-ar",
+        "48000",
         "-f",
         "segment",
         "-segment_time",
