@@ -207,25 +207,30 @@ class RestartTests(ServiceTestCase):
             await self.fetch(second, clip)
 
 
+def live_encoder(testcase: ServiceTestCase, output: list[str]) -> None:
+    """An ffmpeg encoding a numbered live picture and a tone to ``output``."""
+    command = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
+    command += ["-f", "lavfi", "-i", framecode.source_filter(320, 240, FPS)]
+    command += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+    command += ["-c:v", "libx264", "-preset", "veryfast", "-g", str(FPS), "-c:a", "aac"]
+    encoder = subprocess.Popen(command + output, stdin=subprocess.DEVNULL)
+
+    def stop_encoder() -> None:
+        encoder.kill()
+        encoder.wait(10)
+
+    testcase.addCleanup(stop_encoder)
+
+
 class HlsTests(ServiceTestCase):
     """A live HLS playlist over HTTP (ffmpeg's HLS muxer, served by twisted.web)."""
 
     def hls_source(self) -> str:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        command = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
-        command += ["-f", "lavfi", "-i", framecode.source_filter(320, 240, FPS)]
-        command += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
-        command += ["-c:v", "libx264", "-preset", "veryfast", "-g", str(FPS), "-c:a", "aac"]
-        command += ["-f", "hls", "-hls_time", "1", "-hls_list_size", "6"]
-        command += ["-hls_flags", "delete_segments", os.path.join(directory, "live.m3u8")]
-        encoder = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-
-        def stop_encoder() -> None:
-            encoder.kill()
-            encoder.wait(10)
-
-        self.addCleanup(stop_encoder)
+        hls = ["-f", "hls", "-hls_time", "1", "-hls_list_size", "6"]
+        hls += ["-hls_flags", "delete_segments", os.path.join(directory, "live.m3u8")]
+        live_encoder(self, hls)
         port = reactor.listenTCP(0, Site(static.File(directory)), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return f"http://127.0.0.1:{port.getHost().port}/live.m3u8"
@@ -263,19 +268,6 @@ class ListeningSourceTests(ServiceTestCase):
     """Sources that wait for the recorder to connect: an RTMP server and an SRT
     listener (ffmpeg playing the encoder's part)."""
 
-    def listening_source(self, output: list[str]) -> None:
-        command = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
-        command += ["-f", "lavfi", "-i", framecode.source_filter(320, 240, FPS)]
-        command += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
-        command += ["-c:v", "libx264", "-preset", "veryfast", "-g", str(FPS), "-c:a", "aac"]
-        encoder = subprocess.Popen(command + output, stdin=subprocess.DEVNULL)
-
-        def stop_encoder() -> None:
-            encoder.kill()
-            encoder.wait(10)
-
-        self.addCleanup(stop_encoder)
-
     async def record_a_clip(self, url: str) -> None:
         service = await self.service()
         stream_id = (await service.ok("POST", "/streams/create", url=url))["stream_id"]
@@ -296,11 +288,11 @@ class ListeningSourceTests(ServiceTestCase):
     @defer.inlineCallbacks
     def test_rtmp(self):
         url = f"rtmp://127.0.0.1:{free_port()}/live/cam"
-        self.listening_source(["-f", "flv", "-listen", "1", url])
+        live_encoder(self, ["-f", "flv", "-listen", "1", url])
         yield defer.ensureDeferred(self.record_a_clip(url))
 
     @defer.inlineCallbacks
     def test_srt(self):
         port = free_port("udp")
-        self.listening_source(["-f", "mpegts", f"srt://127.0.0.1:{port}?mode=listener"])
+        live_encoder(self, ["-f", "mpegts", f"srt://127.0.0.1:{port}?mode=listener"])
         yield defer.ensureDeferred(self.record_a_clip(f"srt://127.0.0.1:{port}?mode=caller"))
