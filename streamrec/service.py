@@ -83,6 +83,7 @@ class StreamrecService(MultiService):
         self.store = open_store(config.database or "sqlite:", self.data_dir)
         self.storage: Any = None
         self.encoders: dict[str, Any] = {}
+        self.unavailable: dict[str, str] = {}  # encoders that failed to load, and why
         self.worker: ClipWorker | None = None
         self.janitor: Janitor | None = None
         self.port: Any = None
@@ -143,7 +144,8 @@ class StreamrecService(MultiService):
         return {
             "plugins": plugin_names(self.pm),
             "storage_backends": sorted(self.storage_factories),
-            "clip_encoders": sorted(self.encoder_factories),
+            "clip_encoders": sorted(self.encoders),
+            "unavailable": self.unavailable,
             "storage": self.config.storage,
             "default_encoder": self.config.encoder,
         }
@@ -197,7 +199,7 @@ class StreamrecService(MultiService):
             config=plugin_config(self.config),
         )
         self.storage = self.storage_factories[self.config.storage](context)
-        self.encoders = {name: make(context) for name, make in self.encoder_factories.items()}
+        self.encoders = self._make_encoders(context)
         self.worker = ClipWorker(
             reactor=self.reactor,
             store=self.store,
@@ -233,6 +235,20 @@ class StreamrecService(MultiService):
             url=public_url,
             data=self.data_dir,
         )
+
+    def _make_encoders(self, context: PluginContext) -> dict[str, Any]:
+        """Every encoder that builds; one that fails is left out (and logged),
+        unless it is the default encoder."""
+        encoders = {}
+        for name, make in self.encoder_factories.items():
+            try:
+                encoders[name] = make(context)
+            except Exception as error:
+                if name == self.config.encoder:
+                    raise
+                log.failure("clip encoder {name} failed to load: left out", name=name)
+                self.unavailable[name] = f"{error.__class__.__name__}: {error}"
+        return encoders
 
     def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)

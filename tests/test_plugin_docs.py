@@ -20,7 +20,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from streamrec import hookimpl, hookspecs
+from streamrec import hookimpl, hookspecs, plugins
+from streamrec import service as service_module
 from streamrec.builtin.fast_encoder import FastCopyEncoder
 from streamrec.builtin.local_storage import LocalStorage
 from streamrec.plugins import (
@@ -320,3 +321,35 @@ class ExamplePluginTests(ServiceTestCase):
         self.assertEqual(os.listdir(mirror), [])
         code, _ = await service.call("GET", "/streams/")  # still answering
         self.assertEqual(code, 200)
+
+
+class BrokenEncoderTests(ServiceTestCase):
+    """An encoder plugin that cannot build itself is left out; the service runs."""
+
+    @defer.inlineCallbacks
+    def test_broken_encoder_is_left_out(self):
+        plugin = BrokenEncoderPlugin()
+        pm_factory = plugins.get_plugin_manager
+
+        def with_broken(load_entrypoints: bool = True) -> Any:
+            pm = pm_factory(load_entrypoints)
+            pm.register(plugin, name="broken-encoder")
+            return pm
+
+        self.patch(service_module, "get_plugin_manager", with_broken)
+        service = yield defer.ensureDeferred(self.service())
+        code, answer = yield defer.ensureDeferred(service.call("GET", "/plugins"))
+        self.assertEqual(code, 200)
+        self.assertNotIn("broken", answer["clip_encoders"])
+        self.assertIn("copy", answer["clip_encoders"])
+        self.assertEqual(answer["unavailable"], {"broken": "RuntimeError: needs a GPU"})
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class BrokenEncoderPlugin:
+    @hookimpl
+    def register_clip_encoders(self, register: Any) -> None:
+        def factory(context: Any) -> Any:
+            raise RuntimeError("needs a GPU")
+
+        register("broken", factory)
