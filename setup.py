@@ -22,9 +22,13 @@ setup(
         "av>=12",
         "pluggy>=1.3",
         "imageio-ffmpeg>=0.5",
+        # --database postgresql://...: the shared engine
+        "txpostgres>=1.7",
+        "psycopg2-binary>=2.9",
     ],
     extras_require={
-        "postgresql": ["txpostgres>=1.7", "psycopg2-binary>=2.9"],
+        # kept so "streamrec[postgresql]" still installs; the drivers are core now
+        "postgresql": [],
         "test": ["numpy", "ruff", "mypy", "mypy-zope"],
     },
     entry_points={"console_scripts": []},

@@ -2,18 +2,26 @@
 
 Nothing here knows about HTTP or ffmpeg. Every method returns an awaitable
 (a Deferred); no adapter blocks the reactor thread.
+
+:class:`SqlStore` holds the one implementation of every method. Transactions
+are generators of SQL steps (:mod:`.steps`); the adapter's driver runs them:
+SQLite (:mod:`.sqlite`, the embedded default) or PostgreSQL
+(:mod:`.postgresql`, the shared engine). :func:`open_store` picks one from
+the ``--database`` URL.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+
+from .steps import Driver, Insert, Lock, Query, Steps, T
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,11 @@ JOB_FAILED = "failed"
 JOB_EXPIRED = "expired"
 
 
+# Lock namespaces (:class:`~.steps.Lock`): one per kind of read-then-write transaction.
+_MIGRATION_LOCK = 0x5EC0
+_JOB_LOCK = 0x5EC1
+
+
 def _schema_files(dialect: str) -> list[tuple[int, str]]:
     folder = resources.files("streamrec.store") / "schema" / dialect
     files = sorted(
@@ -98,54 +111,58 @@ def _split_statements(script: str) -> list[str]:
 
 
 class SqlStore:
-    """The store over a DB-API connection pool (``adbapi.ConnectionPool``).
+    """The store over a :class:`~.steps.Driver` (SQLite or PostgreSQL).
 
-    SQL is written with ``?`` placeholders; adapters whose driver uses another
-    paramstyle set :attr:`placeholder`.
+    SQL is written once, with ``?`` placeholders and types both engines
+    share; the driver runs it in its dialect.
     """
 
-    dialect = "sqlite"
-    placeholder = "?"
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
 
-    def __init__(self, pool: adbapi.ConnectionPool) -> None:
-        self._pool = pool
+    @property
+    def dialect(self) -> str:
+        return self._driver.dialect
 
     # -- plumbing -------------------------------------------------------
-    def _sql(self, query: str) -> str:
-        if self.placeholder == "?":
-            return query
-        return query.replace("?", self.placeholder)
+    def _transaction(self, steps: Steps[T]) -> Deferred[T]:
+        return self._driver.transaction(steps)
 
-    def _interaction(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return self._pool.runInteraction(fn, *args)
-
-    def _query(self, query: str, params: Sequence[Any] = ()) -> Deferred[list[tuple]]:
-        return self._pool.runQuery(self._sql(query), tuple(params))
+    def _query(self, query: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        return self._driver.query(query, tuple(params))
 
     def _operation(self, query: str, params: Sequence[Any] = ()) -> Deferred[None]:
-        return self._pool.runOperation(self._sql(query), tuple(params))
+        return self._driver.operation(query, tuple(params))
 
-    def _insert(self, txn: Any, query: str, params: Sequence[Any]) -> int:
-        txn.execute(self._sql(query), tuple(params))
-        return int(txn.lastrowid)
+    async def connect(self) -> None:
+        """Open the database connections (done by the first call otherwise)."""
+        await self._driver.connect()
 
-    def close(self) -> None:
-        self._pool.close()
+    def close(self) -> Deferred[None]:
+        """Close the database; fires once the statements in flight have ended.
+
+        Calling it without waiting is fine: nothing new starts after it.
+        """
+        return self._driver.close()
 
     async def migrate(self) -> int:
-        """Apply every schema file newer than the database; return the version."""
-        return await self._interaction(self._migrate)
+        """Connect, apply every schema file newer than the database in one
+        transaction, and return the version."""
+        await self.connect()
+        return await self._transaction(self._migrate())
 
-    def _migrate(self, txn: Any) -> int:
-        txn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        txn.execute("SELECT MAX(version) FROM schema_version")
-        current = txn.fetchone()[0] or 0
+    def _migrate(self) -> Steps[int]:
+        # Services sharing a database may start together: one migrates, the others wait.
+        yield Lock(_MIGRATION_LOCK)
+        yield Query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = yield Query("SELECT MAX(version) FROM schema_version")
+        current: int = rows[0][0] or 0
         for version, script in _schema_files(self.dialect):
             if version <= current:
                 continue
             for statement in _split_statements(script):
-                txn.execute(statement)
-            txn.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+                yield Query(statement)
+            yield Query("INSERT INTO schema_version (version) VALUES (?)", (version,))
             current = version
         return current
 
@@ -168,13 +185,19 @@ class SqlStore:
             max_age=row[8],
         )
 
+    @staticmethod
+    def _insert(query: str, params: Sequence[Any]) -> Steps[int]:
+        new_id: int = yield Insert(query, params)
+        return new_id
+
     async def create_stream(
         self, url: str, description: str, now: float, max_age: float | None = None
     ) -> int:
-        return await self._interaction(
-            self._insert,
-            "INSERT INTO streams (url, description, create_date, max_age) VALUES (?, ?, ?, ?)",
-            (url, description, now, max_age),
+        return await self._transaction(
+            self._insert(
+                "INSERT INTO streams (url, description, create_date, max_age) VALUES (?, ?, ?, ?)",
+                (url, description, now, max_age),
+            )
         )
 
     async def get_stream(self, stream_id: int) -> Stream | None:
@@ -204,10 +227,8 @@ class SqlStore:
 
     # -- runs and segments ----------------------------------------------
     async def open_run(self, stream_id: int, now: float) -> int:
-        return await self._interaction(
-            self._insert,
-            "INSERT INTO runs (stream_id, started_at) VALUES (?, ?)",
-            (stream_id, now),
+        return await self._transaction(
+            self._insert("INSERT INTO runs (stream_id, started_at) VALUES (?, ?)", (stream_id, now))
         )
 
     async def close_run(self, run_id: int, now: float, reason: str) -> None:
@@ -217,7 +238,9 @@ class SqlStore:
 
     async def open_runs(self) -> list[tuple[int, int]]:
         """``(run_id, stream_id)`` of runs never closed (the service died)."""
-        rows = await self._query("SELECT id, stream_id FROM runs WHERE ended_at IS NULL")
+        rows = await self._query(
+            "SELECT id, stream_id FROM runs WHERE ended_at IS NULL ORDER BY id"
+        )
         return [(row[0], row[1]) for row in rows]
 
     async def run_stream(self, run_id: int) -> int | None:
@@ -263,30 +286,31 @@ class SqlStore:
         rows = await self._query(
             "SELECT clips.job_id, clips.storage_key FROM clips JOIN clip_jobs"
             " ON clips.job_id = clip_jobs.id WHERE clip_jobs.status = ?"
-            " AND clip_jobs.updated_at < ?",
+            " AND clip_jobs.updated_at < ? ORDER BY clips.job_id, clips.seq",
             (JOB_DONE, before),
         )
         return [(row[0], row[1]) for row in rows]
 
-    def _expire_job(self, txn: Any, job_id: int, now: float) -> None:
-        txn.execute(self._sql("DELETE FROM clips WHERE job_id = ?"), (job_id,))
-        txn.execute(
-            self._sql("UPDATE clip_jobs SET status = ?, updated_at = ? WHERE id = ?"),
+    def _expire_job(self, job_id: int, now: float) -> Steps[None]:
+        yield Query("DELETE FROM clips WHERE job_id = ?", (job_id,))
+        yield Query(
+            "UPDATE clip_jobs SET status = ?, updated_at = ? WHERE id = ?",
             (JOB_EXPIRED, now, job_id),
         )
 
     async def expire_job(self, job_id: int, now: float) -> None:
         """The job's clips are gone; asking again builds it anew."""
-        await self._interaction(self._expire_job, job_id, now)
+        await self._transaction(self._expire_job(job_id, now))
 
     async def add_segment(
         self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
     ) -> int:
-        return await self._interaction(
-            self._insert,
-            "INSERT INTO segments (stream_id, run_id, path, start_time, end_time, bytes)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (stream_id, run_id, path, start, end, size),
+        return await self._transaction(
+            self._insert(
+                "INSERT INTO segments (stream_id, run_id, path, start_time, end_time, bytes)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (stream_id, run_id, path, start, end, size),
+            )
         )
 
     async def shift_run(self, run_id: int, delta: float) -> None:
@@ -328,15 +352,13 @@ class SqlStore:
         " error_message, progress, created_at"
     )
 
-    def _job(self, txn: Any, row: Sequence[Any]) -> ClipJob:
-        txn.execute(
-            self._sql(
-                "SELECT seq, link, storage_key, start_time, stop_time, bytes FROM clips"
-                " WHERE job_id = ? ORDER BY seq"
-            ),
+    @staticmethod
+    def _job(row: Sequence[Any]) -> Steps[ClipJob]:
+        clips = yield Query(
+            "SELECT seq, link, storage_key, start_time, stop_time, bytes FROM clips"
+            " WHERE job_id = ? ORDER BY seq",
             (row[0],),
         )
-        clips = tuple(Clip(*clip) for clip in txn.fetchall())
         return ClipJob(
             id=row[0],
             stream_id=row[1],
@@ -349,12 +371,11 @@ class SqlStore:
             error_message=row[8],
             progress=row[9],
             created_at=row[10],
-            clips=clips,
+            clips=tuple(Clip(*clip) for clip in clips),
         )
 
     def _find_or_create_job(
         self,
-        txn: Any,
         stream_id: int,
         start: float,
         stop: float | None,
@@ -362,8 +383,10 @@ class SqlStore:
         encoder: str,
         options: dict[str, Any],
         now: float,
-    ) -> tuple[ClipJob, bool]:
+    ) -> Steps[tuple[ClipJob, bool]]:
         encoded = json.dumps(options, sort_keys=True)
+        # The same request from two connections at once makes one job.
+        yield Lock(_JOB_LOCK, stream_id)
         query = (
             f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE stream_id = ? AND start_time = ?"
             " AND encoder = ? AND options = ? AND stop_given = ? AND status != ?"
@@ -372,12 +395,10 @@ class SqlStore:
         if stop is not None:
             query += " AND stop_time = ?"
             params.append(stop)
-        txn.execute(self._sql(query + " ORDER BY id DESC"), tuple(params))
-        row = txn.fetchone()
-        if row is not None:
-            return self._job(txn, row), False
-        job_id = self._insert(
-            txn,
+        rows = yield Query(query + " ORDER BY id DESC LIMIT 1", params)
+        if rows:
+            return (yield from self._job(rows[0])), False
+        job_id = yield Insert(
             "INSERT INTO clip_jobs (stream_id, start_time, stop_time, stop_given, encoder,"
             " options, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -392,7 +413,7 @@ class SqlStore:
                 now,
             ),
         )
-        return self._get_job(txn, job_id), True
+        return (yield from self._get_job(job_id)), True
 
     async def find_or_create_job(
         self,
@@ -409,29 +430,30 @@ class SqlStore:
         A request without ``stop`` matches the earlier request without
         ``stop`` for the same ``start``; a new one ends at ``default_stop``.
         """
-        return await self._interaction(
-            self._find_or_create_job, stream_id, start, stop, default_stop, encoder, options, now
+        return await self._transaction(
+            self._find_or_create_job(stream_id, start, stop, default_stop, encoder, options, now)
         )
 
-    def _get_job(self, txn: Any, job_id: int) -> ClipJob:
-        txn.execute(self._sql(f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE id = ?"), (job_id,))
-        return self._job(txn, txn.fetchone())
+    def _get_job(self, job_id: int) -> Steps[ClipJob]:
+        rows = yield Query(f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE id = ?", (job_id,))
+        return (yield from self._job(rows[0]))
 
     async def get_job(self, job_id: int) -> ClipJob:
-        return await self._interaction(self._get_job, job_id)
+        return await self._transaction(self._get_job(job_id))
 
-    def _jobs_with_status(self, txn: Any, statuses: Sequence[str]) -> list[ClipJob]:
+    def _jobs_with_status(self, statuses: Sequence[str]) -> Steps[list[ClipJob]]:
         marks = ", ".join("?" for _ in statuses)
-        txn.execute(
-            self._sql(
-                f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE status IN ({marks}) ORDER BY id"
-            ),
+        rows = yield Query(
+            f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE status IN ({marks}) ORDER BY id",
             tuple(statuses),
         )
-        return [self._job(txn, row) for row in txn.fetchall()]
+        jobs = []
+        for row in rows:
+            jobs.append((yield from self._job(row)))
+        return jobs
 
     async def jobs_with_status(self, *statuses: str) -> list[ClipJob]:
-        return await self._interaction(self._jobs_with_status, statuses)
+        return await self._transaction(self._jobs_with_status(statuses))
 
     async def set_job_status(
         self,
@@ -454,57 +476,51 @@ class SqlStore:
             (progress, now, job_id, JOB_PROCESSING),
         )
 
-    def _finish_job(self, txn: Any, job_id: int, clips: Sequence[Clip], now: float) -> None:
+    def _finish_job(self, job_id: int, clips: Sequence[Clip], now: float) -> Steps[None]:
         for clip in clips:
-            txn.execute(
-                self._sql(
-                    "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time,"
-                    " bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                ),
+            yield Query(
+                "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time,"
+                " bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (job_id, clip.seq, clip.link, clip.storage_key, clip.start, clip.stop, clip.bytes),
             )
-        txn.execute(
-            self._sql("UPDATE clip_jobs SET status = ?, progress = 1, updated_at = ? WHERE id = ?"),
+        yield Query(
+            "UPDATE clip_jobs SET status = ?, progress = 1, updated_at = ? WHERE id = ?",
             (JOB_DONE, now, job_id),
         )
 
     async def finish_job(self, job_id: int, clips: Sequence[Clip], now: float) -> None:
         """Record the job's clips and mark it done, in one transaction."""
-        await self._interaction(self._finish_job, job_id, clips, now)
-
-
-def _sqlite_connected(connection: Any) -> None:
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA foreign_keys=ON")
+        await self._transaction(self._finish_job(job_id, clips, now))
 
 
 def open_sqlite(path: str) -> SqlStore:
     """A store on a SQLite file, used from one worker thread."""
-    pool = adbapi.ConnectionPool(
-        "sqlite3",
-        path,
-        check_same_thread=False,
-        cp_min=1,
-        cp_max=1,
-        cp_openfun=_sqlite_connected,
-        timeout=30,
-    )
-    return SqlStore(pool)
+    from .sqlite import sqlite_driver
+
+    return SqlStore(sqlite_driver(path))
+
+
+def open_postgresql(url: str, reactor: Any = None) -> SqlStore:
+    """A store on a PostgreSQL database (``postgresql://USER@HOST:PORT/DB``).
+
+    Connects on first use (``migrate()`` does, first thing in the service).
+    """
+    from .postgresql import postgres_driver
+
+    return SqlStore(postgres_driver(url, reactor=reactor))
 
 
 class UnsupportedDatabase(ValueError):
     pass
 
 
-def open_store(url: str, data_dir: str) -> SqlStore:
+def open_store(url: str, data_dir: str, reactor: Any = None) -> SqlStore:
     """Open the store named by a ``--database`` URL.
 
     ``sqlite:///PATH`` (absolute), ``sqlite:PATH`` or ``sqlite://`` (the data
-    directory's ``streamrec.sqlite``).
+    directory's ``streamrec.sqlite``); ``postgresql://USER@HOST:PORT/DB`` (or
+    ``postgres://``, any libpq connection URI) for the shared engine.
     """
-    import os
-
     if url.startswith("sqlite:"):
         rest = url[len("sqlite:") :]
         if rest.startswith("//"):
@@ -514,4 +530,9 @@ def open_store(url: str, data_dir: str) -> SqlStore:
             path = os.path.join(data_dir, path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         return open_sqlite(path)
-    raise UnsupportedDatabase(f"unsupported database URL {url!r}: use sqlite:///PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        return open_postgresql(url, reactor=reactor)
+    raise UnsupportedDatabase(
+        f"unsupported database URL {url!r}: use sqlite:///PATH"
+        " or postgresql://USER@HOST:PORT/DATABASE"
+    )

@@ -1,0 +1,82 @@
+"""The embedded adapter: SQLite through ``twisted.enterprise.adbapi``.
+
+One connection in one worker thread, so transactions never overlap and
+:class:`~streamrec.store.steps.Lock` has nothing to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+
+from .steps import Insert, Lock, Query, Step, Steps, T
+
+
+def run_steps(txn: Any, steps: Steps[T]) -> T:
+    """Drive ``steps`` synchronously on a DB-API cursor (inside ``runInteraction``)."""
+    result: Any = None
+    try:
+        while True:
+            try:
+                step = steps.send(result)
+            except StopIteration as done:
+                return done.value
+            result = _execute(txn, step)
+    finally:
+        steps.close()
+
+
+def _execute(txn: Any, step: Step) -> Any:
+    if isinstance(step, Lock):
+        return None
+    txn.execute(step.sql, tuple(step.params))
+    if isinstance(step, Insert):
+        return int(txn.lastrowid)
+    assert isinstance(step, Query)
+    return txn.fetchall() if txn.description is not None else []
+
+
+class SqliteDriver:
+    dialect = "sqlite"
+
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self._pool = pool
+
+    def connect(self) -> Deferred[None]:
+        return succeed(None)  # adbapi connects in its thread on first use
+
+    def transaction(self, steps: Steps[T]) -> Deferred[T]:
+        return self._pool.runInteraction(run_steps, steps)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        return self._pool.runQuery(sql, tuple(params))
+
+    def operation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
+        return self._pool.runOperation(sql, tuple(params))
+
+    def close(self) -> Deferred[None]:
+        self._pool.close()  # waits for the interaction in flight, in its thread
+        return succeed(None)
+
+
+def _connected(connection: Any) -> None:
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+
+
+def sqlite_driver(path: str) -> SqliteDriver:
+    """A driver for a SQLite file, used from one worker thread."""
+    pool = adbapi.ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        cp_min=1,
+        cp_max=1,
+        cp_openfun=_connected,
+        timeout=30,
+    )
+    return SqliteDriver(pool)

@@ -1,0 +1,437 @@
+"""The store, one set of tests run against both adapters: SQLite and PostgreSQL.
+
+The PostgreSQL tests need a server: ``STREAMREC_TEST_DATABASE`` names a
+database (``postgresql://USER@HOST:PORT/DB``) in which each test gets a fresh
+schema; ``scripts/start-postgres`` starts one and CI sets the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import psycopg2
+from twisted.internet import defer, threads
+from twisted.trial import unittest
+
+from streamrec.store import (
+    JOB_DONE,
+    JOB_EXPIRED,
+    JOB_FAILED,
+    JOB_PENDING,
+    JOB_PROCESSING,
+    Clip,
+    SqlStore,
+    UnsupportedDatabase,
+    open_store,
+)
+from streamrec.store.steps import Insert, Query, Steps
+
+from .harness import ServiceTestCase, until
+from .livesource import UdpTsSource, free_port
+
+NOW = 1_800_000_000.0
+DATABASE = os.environ.get("STREAMREC_TEST_DATABASE", "")
+NO_DATABASE = (
+    "STREAMREC_TEST_DATABASE is not set: no PostgreSQL server to test against"
+    " (scripts/start-postgres DIR PORT starts one and prints the URL to set)"
+)
+
+
+def fresh_postgres_url(testcase: unittest.TestCase) -> str:
+    """A new, empty schema in the test database, dropped after the test; its URL."""
+    schema = "test_" + uuid.uuid4().hex[:12]
+    admin = psycopg2.connect(DATABASE)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE SCHEMA {schema}")
+
+    def drop() -> None:
+        with admin.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '60s'")
+            cursor.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+    # In a thread: a store closing gracefully may still be ending a transaction.
+    testcase.addCleanup(threads.deferToThread, drop)
+    separator = "&" if "?" in DATABASE else "?"
+    return DATABASE + separator + "options=" + quote(f"-c search_path={schema}")
+
+
+def run(fn: Any) -> Any:
+    """Trial runs a test that returns a Deferred; ours are coroutines."""
+
+    def test(self: Any) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(fn(self))
+
+    test.__name__ = fn.__name__
+    test.__doc__ = fn.__doc__
+    return test
+
+
+class StoreTestsMixin:
+    """Every store method, through the public interface; ``open()`` picks the engine."""
+
+    store: SqlStore
+    #: the driver's DB-API errors
+    database_error: type[Exception]
+    integrity_error: type[Exception]
+
+    def open(self) -> SqlStore:
+        raise NotImplementedError
+
+    def setUp(self) -> defer.Deferred[None]:
+        self.store = self.open()
+        self.addCleanup(self.store.close)  # type: ignore[attr-defined]
+        return defer.ensureDeferred(self._migrate())
+
+    async def _migrate(self) -> None:
+        self.version = await self.store.migrate()
+
+    async def recording(self) -> tuple[int, int]:
+        """A stream with one run of three 2 s segments from NOW."""
+        stream = await self.store.create_stream("rtsp://cam/1", "door", NOW)
+        run_id = await self.store.open_run(stream, NOW)
+        for n in range(3):
+            await self.store.add_segment(
+                stream, run_id, f"/data/{stream}/{n}.mp4", NOW + 2 * n, NOW + 2 * n + 2, 100 + n
+            )
+        return stream, run_id
+
+    # -- schema ---------------------------------------------------------
+    @run
+    async def test_migrate_is_idempotent(self) -> None:
+        self.assertEqual(self.version, 2)
+        self.assertEqual(await self.store.migrate(), 2)
+        rows = await self.store._query("SELECT version FROM schema_version ORDER BY version")
+        self.assertEqual([row[0] for row in rows], [1, 2])
+        self.assertEqual(await self.store.list_streams(), [])
+
+    @run
+    async def test_failed_transaction_leaves_nothing(self) -> None:
+        def steps() -> Steps[None]:
+            yield Insert(
+                "INSERT INTO streams (url, description, create_date) VALUES (?, ?, ?)",
+                ("rtsp://cam/x", "", NOW),
+            )
+            yield Query("SELECT no_such_column FROM streams")
+
+        with self.assertRaises(self.database_error):
+            await self.store._transaction(steps())
+        self.assertEqual(await self.store.list_streams(), [])
+        # and the connection is usable afterwards
+        await self.store.create_stream("rtsp://cam/y", "", NOW)
+        self.assertEqual([s.url for s in await self.store.list_streams()], ["rtsp://cam/y"])
+
+    # -- streams --------------------------------------------------------
+    @run
+    async def test_streams(self) -> None:
+        first = await self.store.create_stream("rtsp://cam/1", "door", NOW)
+        second = await self.store.create_stream("udp://1.2.3.4:5", "", NOW + 1, max_age=3600.5)
+        self.assertEqual((first, second), (1, 2))
+        streams = await self.store.list_streams()
+        self.assertEqual([s.id for s in streams], [1, 2])
+        one = streams[0]
+        self.assertEqual(
+            (one.url, one.description, one.create_date, one.wanted, one.max_age),
+            ("rtsp://cam/1", "door", NOW, False, None),
+        )
+        self.assertEqual(streams[1].max_age, 3600.5)
+        self.assertIsNone(await self.store.get_stream(99))
+
+        await self.store.set_last_error(first, "boom")
+        await self.store.mark_started(first, NOW + 5)
+        started = await self.store.get_stream(first)
+        assert started is not None
+        self.assertEqual(
+            (started.wanted, started.start_date, started.stop_date, started.last_error),
+            (True, NOW + 5, None, None),
+        )
+        await self.store.set_last_error(first, "camera gone")
+        await self.store.mark_stopped(first, NOW + 9)
+        stopped = await self.store.get_stream(first)
+        assert stopped is not None
+        self.assertEqual(
+            (stopped.wanted, stopped.start_date, stopped.stop_date, stopped.last_error),
+            (False, NOW + 5, NOW + 9, "camera gone"),
+        )
+
+    # -- runs and segments ----------------------------------------------
+    @run
+    async def test_runs(self) -> None:
+        stream = await self.store.create_stream("rtsp://cam/1", "", NOW)
+        first = await self.store.open_run(stream, NOW)
+        second = await self.store.open_run(stream, NOW + 10)
+        self.assertEqual(await self.store.open_runs(), [(first, stream), (second, stream)])
+        await self.store.close_run(first, NOW + 9, "exited")
+        self.assertEqual(await self.store.open_runs(), [(second, stream)])
+        self.assertEqual(await self.store.run_stream(second), stream)
+        self.assertIsNone(await self.store.run_stream(999))
+
+    @run
+    async def test_segments(self) -> None:
+        stream, run_id = await self.recording()
+        segments = await self.store.run_segments(run_id)
+        self.assertEqual(
+            [(s.start, s.end, s.bytes) for s in segments],
+            [(NOW, NOW + 2, 100), (NOW + 2, NOW + 4, 101), (NOW + 4, NOW + 6, 102)],
+        )
+        self.assertEqual(segments[0].path, f"/data/{stream}/0.mp4")
+        self.assertEqual((segments[0].stream_id, segments[0].run_id), (stream, run_id))
+        # overlapping [start, stop): touching ends do not count
+        between = await self.store.segments_between(stream, NOW + 2, NOW + 4.5)
+        self.assertEqual([s.start for s in between], [NOW + 2, NOW + 4])
+        self.assertEqual(await self.store.segments_between(stream, NOW + 6, NOW + 9), [])
+        self.assertEqual(await self.store.segments_between(stream + 1, NOW, NOW + 9), [])
+        self.assertEqual(await self.store.last_segment_end(stream), NOW + 6)
+        self.assertIsNone(await self.store.last_segment_end(stream + 1))
+        totals = await self.store.totals(stream)
+        self.assertEqual(
+            (totals.segments, totals.seconds, totals.bytes, totals.first, totals.last),
+            (3, 6.0, 303, NOW, NOW + 6),
+        )
+        empty = await self.store.totals(stream + 1)
+        self.assertEqual(
+            (empty.segments, empty.seconds, empty.bytes, empty.first, empty.last),
+            (0, 0.0, 0, None, None),
+        )
+        self.assertEqual(await self.store.segment_bytes(), 303)
+        self.assertIsInstance(await self.store.segment_bytes(), int)
+
+    @run
+    async def test_segment_paths_are_unique(self) -> None:
+        stream, run_id = await self.recording()
+        with self.assertRaises(self.integrity_error):
+            await self.store.add_segment(stream, run_id, f"/data/{stream}/0.mp4", 0, 1, 1)
+
+    @run
+    async def test_shift_run(self) -> None:
+        stream, run_id = await self.recording()
+        other_run = await self.store.open_run(stream, NOW + 100)
+        await self.store.add_segment(stream, other_run, "/data/late.mp4", NOW + 100, NOW + 102, 7)
+        await self.store.shift_run(run_id, -0.25)
+        starts = [s.start for s in await self.store.oldest_segments(10)]
+        self.assertEqual(starts, [NOW - 0.25, NOW + 1.75, NOW + 3.75, NOW + 100])
+
+    @run
+    async def test_oldest_and_delete_segments(self) -> None:
+        stream, run_id = await self.recording()
+        other = await self.store.create_stream("rtsp://cam/2", "", NOW)
+        other_run = await self.store.open_run(other, NOW)
+        await self.store.add_segment(other, other_run, "/data/o.mp4", NOW + 1, NOW + 3, 50)
+        oldest = await self.store.oldest_segments(2)
+        self.assertEqual(
+            [(s.stream_id, s.end) for s in oldest], [(stream, NOW + 2), (other, NOW + 3)]
+        )
+        before = await self.store.oldest_segments(10, before=NOW + 4)
+        self.assertEqual([s.end for s in before], [NOW + 2, NOW + 3])
+        mine = await self.store.oldest_segments(10, before=NOW + 5, stream_id=stream)
+        self.assertEqual([s.end for s in mine], [NOW + 2, NOW + 4])
+        await self.store.delete_segments([])
+        await self.store.delete_segments([s.id for s in mine])
+        left = await self.store.oldest_segments(10)
+        self.assertEqual([s.end for s in left], [NOW + 3, NOW + 6])
+        self.assertEqual(await self.store.segment_bytes(), 152)
+
+    # -- clip jobs ------------------------------------------------------
+    async def job(self, stream: int, start: float, stop: float | None, **kw: Any) -> Any:
+        return await self.store.find_or_create_job(
+            stream,
+            start,
+            stop,
+            kw.pop("default_stop", start + 60),
+            kw.pop("encoder", "fast"),
+            kw.pop("options", {}),
+            kw.pop("now", NOW + 10),
+        )
+
+    @run
+    async def test_find_or_create_job(self) -> None:
+        stream, _ = await self.recording()
+        start = NOW + 1.234567891
+        job, created = await self.job(stream, start, start + 4, options={"b": 1, "a": 2})
+        self.assertTrue(created)
+        self.assertEqual(
+            (job.stream_id, job.start, job.stop, job.stop_given, job.encoder, job.options),
+            (stream, start, start + 4, True, "fast", {"a": 2, "b": 1}),
+        )
+        self.assertEqual(
+            (job.status, job.error_message, job.progress, job.clips), (JOB_PENDING, None, 0.0, ())
+        )
+        self.assertEqual(job.created_at, NOW + 10)
+        # the same request (options in any order) is the same job
+        again, created = await self.job(stream, start, start + 4, options={"a": 2, "b": 1})
+        self.assertEqual((again, created), (job, False))
+        # anything else differing is another job
+        for other in (
+            self.job(stream, start, start + 5, options={"a": 2, "b": 1}),
+            self.job(stream, start, start + 4, options={"a": 3, "b": 1}),
+            self.job(stream, start, start + 4, encoder="transcode", options={"a": 2, "b": 1}),
+            self.job(stream, start + 0.001, start + 4, options={"a": 2, "b": 1}),
+        ):
+            different, created = await other
+            self.assertTrue(created)
+            self.assertNotEqual(different.id, job.id)
+        self.assertEqual(len(await self.store.jobs_with_status(JOB_PENDING)), 5)
+
+    @run
+    async def test_stopless_job(self) -> None:
+        stream, _ = await self.recording()
+        with_stop, _ = await self.job(stream, NOW, NOW + 30)
+        job, created = await self.job(stream, NOW, None, default_stop=NOW + 60)
+        self.assertTrue(created)
+        self.assertNotEqual(job.id, with_stop.id)
+        self.assertEqual((job.stop, job.stop_given), (NOW + 60, False))
+        # a later request without stop finds it, whatever its default stop
+        again, created = await self.job(stream, NOW, None, default_stop=NOW + 90)
+        self.assertEqual((again.id, again.stop, created), (job.id, NOW + 60, False))
+        # a request that gives the same stop explicitly is another job
+        explicit, created = await self.job(stream, NOW, NOW + 60)
+        self.assertTrue(created)
+        self.assertNotIn(explicit.id, (job.id, with_stop.id))
+
+    @run
+    async def test_job_lifecycle(self) -> None:
+        stream, _ = await self.recording()
+        job, _ = await self.job(stream, NOW, NOW + 4)
+        await self.store.set_job_status(job.id, JOB_PROCESSING, NOW + 11)
+        await self.store.set_job_progress(job.id, 0.25, NOW + 12)
+        self.assertEqual((await self.store.get_job(job.id)).progress, 0.25)
+        # status without progress keeps it
+        await self.store.set_job_status(job.id, JOB_PROCESSING, NOW + 12)
+        self.assertEqual((await self.store.get_job(job.id)).progress, 0.25)
+        self.assertEqual(
+            [j.id for j in await self.store.jobs_with_status(JOB_PROCESSING)], [job.id]
+        )
+        clips = [
+            Clip(1, "http://x/b.mp4", "b.mp4", NOW + 3, NOW + 4, 2_500_000_000),
+            Clip(0, "http://x/a.mp4", "a.mp4", NOW, NOW + 2, 1000),
+        ]
+        await self.store.finish_job(job.id, clips, NOW + 13)
+        done = await self.store.get_job(job.id)
+        self.assertEqual((done.status, done.progress), (JOB_DONE, 1.0))
+        self.assertEqual(done.clips, (clips[1], clips[0]))
+        # progress only moves while processing
+        await self.store.set_job_progress(job.id, 0.5, NOW + 14)
+        self.assertEqual((await self.store.get_job(job.id)).progress, 1.0)
+        self.assertEqual(await self.store.clips_created_before(NOW + 13), [])
+        self.assertEqual(
+            await self.store.clips_created_before(NOW + 14), [(job.id, "a.mp4"), (job.id, "b.mp4")]
+        )
+        found, created = await self.job(stream, NOW, NOW + 4)
+        self.assertEqual((found.id, found.clips, created), (job.id, done.clips, False))
+
+    @run
+    async def test_failed_job(self) -> None:
+        stream, _ = await self.recording()
+        job, _ = await self.job(stream, NOW, NOW + 4)
+        await self.store.set_job_status(job.id, JOB_FAILED, NOW + 11, "no segments", 0.5)
+        failed = await self.store.get_job(job.id)
+        self.assertEqual(
+            (failed.status, failed.error_message, failed.progress), (JOB_FAILED, "no segments", 0.5)
+        )
+        statuses = await self.store.jobs_with_status(JOB_FAILED, JOB_PENDING)
+        self.assertEqual([j.id for j in statuses], [job.id])
+        # a failed job is still the answer to the same request
+        self.assertEqual((await self.job(stream, NOW, NOW + 4))[0].id, job.id)
+
+    @run
+    async def test_expired_job_is_built_anew(self) -> None:
+        stream, _ = await self.recording()
+        job, _ = await self.job(stream, NOW, NOW + 4)
+        await self.store.finish_job(job.id, [Clip(0, "l", "k.mp4", NOW, NOW + 4, 9)], NOW + 11)
+        await self.store.expire_job(job.id, NOW + 20)
+        expired = await self.store.get_job(job.id)
+        self.assertEqual((expired.status, expired.clips), (JOB_EXPIRED, ()))
+        self.assertEqual(await self.store.clips_created_before(NOW + 99), [])
+        anew, created = await self.job(stream, NOW, NOW + 4, now=NOW + 30)
+        self.assertTrue(created)
+        self.assertNotEqual(anew.id, job.id)
+        self.assertEqual((anew.status, anew.created_at), (JOB_PENDING, NOW + 30))
+        self.assertEqual([j.id for j in await self.store.jobs_with_status(JOB_EXPIRED)], [job.id])
+
+    @run
+    async def test_concurrent_requests_make_one_job(self) -> None:
+        stream, _ = await self.recording()
+        results = await defer.gatherResults(
+            [defer.ensureDeferred(self.job(stream, NOW, None)) for _ in range(8)]
+        )
+        self.assertEqual(len({job.id for job, _ in results}), 1)
+        self.assertEqual(sum(created for _, created in results), 1)
+
+
+class SqliteStoreTests(StoreTestsMixin, unittest.TestCase):
+    database_error = sqlite3.DatabaseError
+    integrity_error = sqlite3.IntegrityError
+
+    def open(self) -> SqlStore:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        store = open_store("sqlite:", directory)
+        self.assertEqual(store.dialect, "sqlite")
+        return store
+
+
+class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
+    database_error = psycopg2.DatabaseError
+    integrity_error = psycopg2.IntegrityError
+
+    if not DATABASE:
+        skip = NO_DATABASE
+
+    def open(self) -> SqlStore:
+        store = open_store(fresh_postgres_url(self), self.mktemp())
+        self.assertEqual(store.dialect, "postgresql")
+        return store
+
+
+class OpenStoreTests(unittest.TestCase):
+    def test_unsupported_url(self) -> None:
+        with self.assertRaises(UnsupportedDatabase) as caught:
+            open_store("mysql://me@db/streamrec", self.mktemp())
+        self.assertIn("postgresql://USER@HOST:PORT/DATABASE", str(caught.exception))
+
+    def test_postgresql_connects_on_first_use(self) -> None:
+        store = open_store(f"postgresql://nobody@127.0.0.1:{free_port()}/streamrec", "unused")
+        self.addCleanup(store.close)
+        self.assertEqual(store.dialect, "postgresql")
+        return self.assertFailure(defer.ensureDeferred(store.migrate()), psycopg2.OperationalError)
+
+
+class PostgresServiceTests(ServiceTestCase):
+    """A real service records a live source into PostgreSQL and cuts a clip."""
+
+    if not DATABASE:
+        skip = NO_DATABASE
+
+    @run
+    async def test_record_and_cut_a_clip(self) -> None:
+        url = fresh_postgres_url(self)
+        source = UdpTsSource.running(self, audio="aac")
+        service = await self.service(database=url, segment_seconds=2)
+        self.assertEqual(service.service.store.dialect, "postgresql")
+        stream_id = (await service.ok("POST", "/streams/create", url=source.url))["stream_id"]
+        await service.ok("POST", f"/streams/{stream_id}/start")
+
+        async def first_segment() -> float | None:
+            return (await service.status(stream_id))["recorded"]["first"]
+
+        first = await until(first_segment, 30, "the first segment")
+        start = first + 1.5
+        await service.recorded_until(stream_id, start + 4)
+        job = await service.clip(stream_id, start=start, stop=start + 3)
+        [clip] = job["clips"]
+        self.assertNear(clip["duration"], 3, 0.1)
+        shown = await self.fetch(service, clip)
+        self.assertEqual((shown["video"], shown["audio"]), ("h264", "aac"))
+        self.assertGreater(len(shown["numbers"]), 60)
+        # the same request answers from the database, without a new job
+        again = await service.ok(
+            "GET", f"/streams/{stream_id}/get_clip", start=start, stop=start + 3
+        )
+        self.assertEqual((again["status"], again["clips"][0]["start"]), ("done", clip["start"]))
+        segments = await service.service.store.segments_between(stream_id, first, start + 4)
+        self.assertGreaterEqual(len(segments), 2)
