@@ -20,9 +20,11 @@ install-test: venv
 	$(VENV)/bin/pip install -q ".[test]" $(PLUGINS)
 	bash scripts/install-system-packages
 
-# Install everything the tests need, then run them.
+# Install everything the tests need, then run them (with a throwaway
+# PostgreSQL server for the shared-engine tests).
 test: install-test
-	$(VENV)/bin/python -m twisted.trial --temp-directory=/tmp/streamrec-trial tests $(PLUGIN_TESTS)
+	bash scripts/with-postgres \
+	  $(VENV)/bin/python -m twisted.trial --temp-directory=/tmp/streamrec-trial tests $(PLUGIN_TESTS)
 
 # Run the service in the foreground on the embedded default (SQLite, ./data, port 8080).
 run: install

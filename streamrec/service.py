@@ -80,7 +80,7 @@ class StreamrecService(MultiService):
                 f"unknown clip encoder {config.encoder!r}; known: "
                 + ", ".join(sorted(self.encoder_factories))
             )
-        self.store = open_store(config.database or "sqlite:", self.data_dir)
+        self.store = open_store(config.database or "sqlite:", self.data_dir, reactor=reactor)
         self.storage: Any = None
         self.encoders: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}  # encoders that failed to load, and why
@@ -259,7 +259,7 @@ class StreamrecService(MultiService):
             await self.port.stopListening()
         await self.streams.shutdown()
         await defer.maybeDeferred(MultiService.stopService, self)
-        self.store.close()
+        await self.store.close()
 
 
 def plugin_config(config: Config) -> dict[str, Any]:

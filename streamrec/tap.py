@@ -63,7 +63,8 @@ class Options(usage.Options):
             "database",
             None,
             "",
-            "Database URL: sqlite:///PATH (default: DATA_DIR/streamrec.sqlite).",
+            "Database URL: sqlite:///PATH (default: DATA_DIR/streamrec.sqlite), or"
+            " postgresql://USER@HOST:PORT/DB for the shared engine.",
         ],
         [
             "public-url",
