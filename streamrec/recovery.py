@@ -104,6 +104,7 @@ async def recover(
         await end_orphans(reactor, report.orphans)
     # Runs that ended while the service lived were indexed to their last
     # segment; only runs it never saw end can have segments the index lacks.
+    # Runs whose directory is elsewhere belong to other boxes sharing the database.
     for run_id, stream_id in await store.open_runs():
         directory = os.path.join(segments_dir, str(stream_id), str(run_id))
         if os.path.isdir(directory):
@@ -118,9 +119,8 @@ async def recover(
                 run_blocking,
                 report,
             )
-    for run_id, _stream_id in await store.open_runs():
-        await store.close_run(run_id, reactor.seconds(), "interrupted: the service stopped")
-        report.closed_runs.append(run_id)
+            await store.close_run(run_id, reactor.seconds(), "interrupted: the service stopped")
+            report.closed_runs.append(run_id)
     return report
 
 

@@ -294,6 +294,18 @@ class StoreTestsMixin:
         self.assertNotIn(explicit.id, (job.id, with_stop.id))
 
     @run
+    async def test_one_worker_claims_a_job(self) -> None:
+        stream, _ = await self.recording()
+        job, _ = await self.job(stream, NOW, NOW + 4)
+        claims = await defer.gatherResults(
+            [defer.ensureDeferred(self.store.claim_job(job.id, NOW + 11)) for _ in range(4)]
+        )
+        self.assertEqual(sorted(claims), [False, False, False, True])
+        claimed = await self.store.get_job(job.id)
+        self.assertEqual((claimed.status, claimed.progress), (JOB_PROCESSING, 0.0))
+        self.assertFalse(await self.store.claim_job(job.id, NOW + 12))
+
+    @run
     async def test_job_lifecycle(self) -> None:
         stream, _ = await self.recording()
         job, _ = await self.job(stream, NOW, NOW + 4)

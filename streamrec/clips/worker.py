@@ -137,7 +137,8 @@ class ClipWorker(Service):
     # -- building ------------------------------------------------------------
     async def build(self, job: ClipJob) -> None:
         now = self.reactor.seconds
-        await self.store.set_job_status(job.id, JOB_PROCESSING, now(), progress=0)
+        if not await self.store.claim_job(job.id, now()):
+            return  # another worker (on another box) builds it
         made: list[Clip] = []
         out_path: str | None = None
         try:

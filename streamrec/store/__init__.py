@@ -469,6 +469,18 @@ class SqlStore:
             (status, error_message, now, progress, job_id),
         )
 
+    async def claim_job(self, job_id: int, now: float) -> bool:
+        """Move a pending job to processing; False if another worker has it."""
+        return bool(await self._transaction(self._claim_job(job_id, now)))
+
+    def _claim_job(self, job_id: int, now: float) -> Steps[bool]:
+        rows = yield Query(
+            "UPDATE clip_jobs SET status = ?, progress = 0, updated_at = ?"
+            " WHERE id = ? AND status = ? RETURNING id",
+            (JOB_PROCESSING, now, job_id, JOB_PENDING),
+        )
+        return bool(rows)
+
     async def set_job_progress(self, job_id: int, progress: float, now: float) -> None:
         """Record how far a job being built has come (0..1)."""
         await self._operation(
