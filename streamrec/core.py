@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .clips.worker import clip_json
-from .recorder.supervisor import RECORDING, CannotStart, Recorder
+from .recorder.supervisor import CannotStart, Recorder
 from .sources import validate_source_url
 from .store import JOB_DONE, Clip, ClipJob, SqlStore, Stream
 
@@ -287,7 +287,6 @@ __all__ = [
     "CannotStart",
     "CannotStop",
     "NotStarted",
-    "RECORDING",
     "StreamNotFound",
     "Streams",
 ]

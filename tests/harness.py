@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from streamrec.service import Config, StreamrecService
+from streamrec.store import SqlStore, open_store
 
 from .framecode import read_frame_number
 from .livesource import FPS
@@ -60,6 +61,15 @@ def decode(path: str) -> dict[str, Any]:
             "audio": audio,
             "duration": duration,
         }
+
+
+def sqlite_store(testcase: unittest.TestCase) -> tuple[SqlStore, str]:
+    """A fresh SQLite store in a temporary directory, closed on cleanup."""
+    directory = os.path.abspath(testcase.mktemp())
+    os.makedirs(directory)
+    store = open_store("sqlite:", directory)
+    testcase.addCleanup(store.close)
+    return store, directory
 
 
 class Service:

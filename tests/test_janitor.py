@@ -8,7 +8,9 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from streamrec.janitor import Janitor, Retention
-from streamrec.store import JOB_DONE, JOB_EXPIRED, Clip, open_store
+from streamrec.store import JOB_DONE, JOB_EXPIRED, Clip
+
+from .harness import sqlite_store
 
 NOW = 1_800_000_000.0
 
@@ -23,10 +25,7 @@ class FakeStorage:
 
 class JanitorTests(unittest.TestCase):
     def setUp(self) -> defer.Deferred[None]:
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
-        self.store = open_store("sqlite:", self.dir)
-        self.addCleanup(self.store.close)
+        self.store, self.dir = sqlite_store(self)
         self.clock = task.Clock()
         self.clock.advance(NOW)
         self.storage = FakeStorage()

@@ -11,7 +11,9 @@ from twisted.trial import unittest
 from streamrec.clips.mp4 import ClipResult
 from streamrec.clips.worker import ClipWorker
 from streamrec.plugins import EncodeRequest
-from streamrec.store import JOB_DONE, JOB_FAILED, JOB_PENDING, JOB_PROCESSING, open_store
+from streamrec.store import JOB_DONE, JOB_FAILED, JOB_PENDING, JOB_PROCESSING
+
+from .harness import sqlite_store
 
 T = 1_800_000_000.0
 
@@ -61,10 +63,7 @@ class MemoryStorage:
 
 class WorkerTests(unittest.TestCase):
     def setUp(self) -> defer.Deferred[None]:
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
-        self.store = open_store("sqlite:", self.dir)
-        self.addCleanup(self.store.close)
+        self.store, self.dir = sqlite_store(self)
         self.clock = task.Clock()
         self.clock.advance(T)
         self.recording = True

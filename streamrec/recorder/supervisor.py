@@ -301,7 +301,6 @@ class Recorder:
         self.state = STOPPED
         self.last_error: str | None = None
         self.reconnects = 0
-        self.last_segment_at: float | None = None
         self.run: Run | None = None
         self._launching: defer.Deferred[None] | None = None
         self._restart_call: IDelayedCall | None = None
@@ -340,7 +339,6 @@ class Recorder:
             "state": self.state,
             "last_error": self.last_error,
             "reconnects": self.reconnects,
-            "last_segment_at": self.last_segment_at,
             "pid": getattr(self.process, "pid", None),
         }
 
@@ -590,7 +588,6 @@ class Recorder:
         )
         run.last_end = end
         run.segments += 1
-        self.last_segment_at = end
         if run is self.run and not run.exited:
             self._arm_watchdog()
         self.listener.segment_closed(self.stream_id, segment_id, path, start, end)
@@ -606,8 +603,6 @@ class Recorder:
         await self.store.shift_run(run.run_id, delta)
         if run.last_end is not None:
             run.last_end += delta
-        if self.last_segment_at is not None and run is self.run:
-            self.last_segment_at += delta
 
     def _set_aside(self, path: str, why: str) -> None:
         try:
