@@ -52,8 +52,8 @@ if REPO not in sys.path:
 
 import av  # noqa: E402
 
-from streamrec.clips import mp4  # noqa: E402
-from streamrec.clips.mp4 import SegmentPiece, build_clip, segment_span  # noqa: E402
+from streamrec.media import mp4  # noqa: E402
+from streamrec.media.mp4 import SegmentPiece, build_clip, segment_span  # noqa: E402
 
 FPS = 25
 GOP_SECONDS = 2
@@ -269,7 +269,7 @@ def media_duration(path: str) -> float | None:
 _RSS_CHILD = r"""
 import json, resource, sys
 sys.path.insert(0, sys.argv[1])
-from streamrec.clips.mp4 import SegmentPiece, build_clip
+from streamrec.media.mp4 import SegmentPiece, build_clip
 
 def hwm():
     try:
@@ -333,7 +333,7 @@ def main() -> int:
         f"python {sys.version.split()[0]}, PyAV {av.__version__}, "
         f"{subprocess.run([ffmpeg, '-version'], capture_output=True, text=True).stdout.split(chr(10))[0]}"
     )
-    print(f"streamrec.clips.mp4 from {mp4.__file__}")
+    print(f"streamrec.media.mp4 from {mp4.__file__}")
 
     _directory, paths = record(ffmpeg, args.seconds + 10, args.size)
     pieces = make_pieces(paths)

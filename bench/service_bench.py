@@ -7,7 +7,7 @@ Usage::
 
 What it does:
 
-1. Starts ``--streams`` live UDP MPEG-TS sources (``tests.livesource.UdpTsSource``,
+1. Starts ``--streams`` live UDP MPEG-TS sources (``tests.support.livesource.UdpTsSource``,
    H.264 320x240 25 fps + AAC, on 127.0.0.1) and streamrec as a real process
    (``twistd -n --pidfile= streamrec --listen tcp:PORT:interface=127.0.0.1
    --data-dir TMP``), importing ``streamrec`` from this working tree.
@@ -54,7 +54,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from tests.livesource import UdpTsSource  # noqa: E402
+from tests.support.livesource import UdpTsSource  # noqa: E402
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -54,7 +54,7 @@ from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
 from streamrec.builtin.transcode_encoder import TranscodeEncoder  # noqa: E402
-from streamrec.clips.mp4 import SegmentPiece, build_clip  # noqa: E402
+from streamrec.media.mp4 import SegmentPiece, build_clip  # noqa: E402
 from streamrec.plugins import EncodeRequest, PluginContext  # noqa: E402
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
@@ -12,16 +11,18 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import ErrorPage, IResource
 from werkzeug.exceptions import HTTPException
 
-from .core import (
+from .core import Streams
+from .errors import (
     AlreadyStarted,
     BadRequest,
     CannotStart,
     CannotStop,
+    InvalidSource,
     NotStarted,
+    StatusUnavailable,
     StreamNotFound,
-    Streams,
+    StreamrecError,
 )
-from .sources import InvalidSource
 
 log = Logger(namespace="streamrec.api")
 
@@ -36,6 +37,29 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.extra = extra
+
+
+#: How each domain error is answered: its kind -> (status, message), the most
+#: specific kind first in the error's class hierarchy. ``{error}`` is the
+#: error's own message. The seed's messages are exact.
+ERRORS: dict[type[StreamrecError], tuple[int, str]] = {
+    StreamNotFound: (404, "Stream not found"),
+    AlreadyStarted: (500, "Stream already started"),
+    NotStarted: (500, "Stream not started"),
+    CannotStart: (500, "Cannot start stream"),
+    CannotStop: (500, "Cannot stop stream"),
+    StatusUnavailable: (500, "Cannot get stream status"),
+    InvalidSource: (400, "Invalid URL: {error}"),
+    BadRequest: (400, "{error}"),
+}
+
+
+def answer_for(error: StreamrecError) -> ApiError:
+    """The answer to a domain error; its ``reason``, when it has one, goes along."""
+    kind = next(k for k in type(error).__mro__ if k in ERRORS or k is StreamrecError)
+    status, message = ERRORS.get(kind, (500, "Internal error"))
+    extra = {"reason": error.reason} if error.reason is not None else {}
+    return ApiError(status, message.format(error=error), **extra)
 
 
 def json_response(request: IRequest, body: Any, status: int = 200) -> bytes:
@@ -104,10 +128,7 @@ class StreamrecAPI:
     app = Klein()
 
     def __init__(
-        self,
-        streams: Streams,
-        clip_files: Callable[[], IResource | None],
-        plugins: Callable[[], dict[str, Any]],
+        self, streams: Streams, clip_files: IResource | None, plugins: dict[str, Any]
     ) -> None:
         self.streams = streams
         self.clip_files = clip_files
@@ -116,9 +137,11 @@ class StreamrecAPI:
     def resource(self) -> IResource:
         return self.app.resource()
 
-    @app.handle_errors(ApiError)
+    @app.handle_errors(ApiError, StreamrecError)
     def api_error(self, request: IRequest, failure: Any) -> bytes:
         error = failure.value
+        if isinstance(error, StreamrecError):
+            error = answer_for(error)
         return json_response(request, {"error_message": error.message, **error.extra}, error.status)
 
     @app.handle_errors(HTTPException)
@@ -143,51 +166,22 @@ class StreamrecAPI:
         if not url:
             raise ApiError(500, "URL cannot be empty")
         max_age = parse_number(params, "max_age")
-        try:
-            stream_id = await self.streams.create(url, params.get("description", ""), max_age)
-        except InvalidSource as error:
-            raise ApiError(400, f"Invalid URL: {error}") from None
-        except BadRequest as error:
-            raise ApiError(400, str(error)) from None
+        stream_id = await self.streams.create(url, params.get("description", ""), max_age)
         return json_response(request, {"stream_id": stream_id})
 
     @app.route("/streams/<stream_id>/start", methods=["GET", "POST"])
     async def start(self, request: IRequest, stream_id: str) -> bytes:
-        sid = parse_id(stream_id)
-        try:
-            await self.streams.start(sid)
-        except StreamNotFound:
-            raise ApiError(404, "Stream not found") from None
-        except AlreadyStarted:
-            raise ApiError(500, "Stream already started") from None
-        except CannotStart as error:
-            raise ApiError(500, "Cannot start stream", reason=error.reason) from None
+        await self.streams.start(parse_id(stream_id))
         return json_response(request, {"result": "ok"})
 
     @app.route("/streams/<stream_id>/stop", methods=["GET", "POST"])
     async def stop(self, request: IRequest, stream_id: str) -> bytes:
-        sid = parse_id(stream_id)
-        try:
-            await self.streams.stop(sid)
-        except StreamNotFound:
-            raise ApiError(404, "Stream not found") from None
-        except NotStarted:
-            raise ApiError(500, "Stream not started") from None
-        except CannotStop as error:
-            raise ApiError(500, "Cannot stop stream", reason=str(error)) from None
+        await self.streams.stop(parse_id(stream_id))
         return json_response(request, {"result": "ok"})
 
     @app.route("/streams/<stream_id>/status", methods=["GET"])
     async def status(self, request: IRequest, stream_id: str) -> bytes:
-        sid = parse_id(stream_id)
-        try:
-            status = await self.streams.status(sid)
-        except StreamNotFound:
-            raise ApiError(404, "Stream not found") from None
-        except Exception:
-            log.failure("cannot get the status of stream {stream_id}", stream_id=stream_id)
-            raise ApiError(500, "Cannot get stream status") from None
-        return json_response(request, status)
+        return json_response(request, await self.streams.status(parse_id(stream_id)))
 
     @app.route("/streams/<stream_id>/get_clip", methods=["GET", "POST"])
     async def get_clip(self, request: IRequest, stream_id: str) -> bytes:
@@ -197,25 +191,15 @@ class StreamrecAPI:
         assert start is not None
         stop = parse_time(params, "stop", required=False)
         options = {k: v for k, v in params.items() if k not in CLIP_PARAMS}
-        try:
-            job = await self.streams.get_clip(
-                sid, start, stop, params.get("encoder") or None, options
-            )
-        except StreamNotFound:
-            raise ApiError(404, "Stream not found") from None
-        except NotStarted:
-            raise ApiError(500, "Stream not started") from None
-        except BadRequest as error:
-            raise ApiError(400, str(error)) from None
+        job = await self.streams.get_clip(sid, start, stop, params.get("encoder") or None, options)
         return json_response(request, job)
 
     @app.route("/plugins", methods=["GET"])
     def plugins(self, request: IRequest) -> bytes:
-        return json_response(request, self.plugin_info())
+        return json_response(request, self.plugin_info)
 
     @app.route("/clips/", branch=True)
     def clips(self, request: IRequest) -> IResource:
-        files = self.clip_files()
-        if files is None:
+        if self.clip_files is None:
             return ErrorPage(404, "Not Found", "Clips are not served here.")
-        return files
+        return self.clip_files

@@ -3,43 +3,29 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .clips.worker import clip_json
-from .recorder.supervisor import CannotStart, Recorder
+from .errors import (
+    AlreadyStarted,
+    BadRequest,
+    CannotStop,
+    NotStarted,
+    StatusUnavailable,
+    StreamNotFound,
+    UnknownEncoder,
+)
+from .plugins import ClipEncoder, StorageBackend
+from .recorder.fleet import Recorders
+from .recorder.supervisor import Recorder
 from .sources import validate_source_url
-from .store import JOB_DONE, Clip, ClipJob, SqlStore, Stream
+from .store import Clip, SqlStore, Stream
+from .views import job_json, stream_json
 
 log = Logger(namespace="streamrec.core")
-
-
-class StreamNotFound(LookupError):
-    pass
-
-
-class AlreadyStarted(Exception):
-    pass
-
-
-class NotStarted(Exception):
-    pass
-
-
-class CannotStop(Exception):
-    pass
-
-
-class BadRequest(ValueError):
-    """A parameter is missing or wrong; the message says which and why."""
-
-
-class UnknownEncoder(BadRequest):
-    pass
 
 
 class Streams:
@@ -50,26 +36,26 @@ class Streams:
         *,
         reactor: Any,
         store: SqlStore,
-        make_recorder: Callable[[Stream, Streams], Recorder],
+        recorders: Recorders,
         notify: Callable[..., None],
-        encoders: Callable[[], dict[str, Any]],
+        encoders: Mapping[str, ClipEncoder],
         default_encoder: str,
         max_clip_seconds: float,
+        storage: StorageBackend | None = None,
         wake_worker: Callable[[], None] = lambda: None,
         space_short: Callable[[], Any] = lambda: None,
-        fresh_link: Callable[[Clip], str] = lambda clip: clip.link,
     ) -> None:
         self.reactor = reactor
         self.store = store
-        self.make_recorder = make_recorder
+        self.recorders = recorders
         self.notify = notify
         self.encoders = encoders
         self.default_encoder = default_encoder
         self.max_clip_seconds = max_clip_seconds
         self.wake_worker = wake_worker
         self.space_short = space_short
-        self.fresh_link = fresh_link
-        self.recorders: dict[int, Recorder] = {}
+        # Backends whose links expire (presigned URLs) make a new one per answer.
+        self._link: Callable[[str], str] | None = getattr(storage, "link", None)
         self._locks: dict[int, defer.DeferredLock] = {}
 
     def now(self) -> float:
@@ -82,19 +68,17 @@ class Streams:
         return stream
 
     def _recorder(self, stream: Stream) -> Recorder:
-        recorder = self.recorders.get(stream.id)
-        if recorder is None:
-            recorder = self.recorders[stream.id] = self.make_recorder(stream, self)
-        return recorder
+        return self.recorders.for_stream(stream.id, stream.url, listener=self)
 
     def _lock(self, stream_id: int) -> defer.DeferredLock:
         """Start and stop of one stream happen one after the other."""
         return self._locks.setdefault(stream_id, defer.DeferredLock())
 
     def is_recording(self, stream_id: int) -> bool:
-        """Started, or still closing its last segment after a stop."""
-        recorder = self.recorders.get(stream_id)
-        return recorder is not None and recorder.busy()
+        return self.recorders.is_recording(stream_id)
+
+    def fresh_link(self, clip: Clip) -> str:
+        return self._link(clip.storage_key) if self._link is not None else clip.link
 
     # -- recorder listener ---------------------------------------------------
     def segment_closed(
@@ -130,33 +114,16 @@ class Streams:
         return [await self._status(stream) for stream in await self.store.list_streams()]
 
     async def status(self, stream_id: int) -> dict[str, Any]:
-        return await self._status(await self._stream(stream_id))
+        stream = await self._stream(stream_id)
+        try:
+            return await self._status(stream)
+        except Exception as failure:
+            log.failure("cannot get the status of stream {stream_id}", stream_id=stream_id)
+            raise StatusUnavailable(stream_id) from failure
 
     async def _status(self, stream: Stream) -> dict[str, Any]:
         totals = await self.store.totals(stream.id)
-        recorder = self.recorders.get(stream.id)
-        live = recorder.status() if recorder is not None else {}
-        return {
-            "id": stream.id,
-            "url": stream.url,
-            "description": stream.description,
-            "create_date": stream.create_date,
-            "start_date": stream.start_date,
-            "stop_date": stream.stop_date,
-            "started": stream.wanted,
-            "max_age": stream.max_age,
-            "state": live.get("state", "stopped"),
-            "last_error": live.get("last_error") or stream.last_error,
-            "reconnects": live.get("reconnects", 0),
-            "last_segment_at": totals.last,
-            "recorded": {
-                "segments": totals.segments,
-                "seconds": round(totals.seconds, 3),
-                "bytes": totals.bytes,
-                "first": totals.first,
-                "last": totals.last,
-            },
-        }
+        return stream_json(stream, totals, self.recorders.live_status(stream.id))
 
     async def start(self, stream_id: int) -> None:
         await self._lock(stream_id).acquire()
@@ -214,17 +181,13 @@ class Streams:
             if stop <= start:
                 raise BadRequest("stop must be later than start")
         encoder = encoder or self.default_encoder
-        known = self.encoders()
-        if encoder not in known:
-            raise UnknownEncoder(
-                f"unknown encoder {encoder!r}: known encoders are {', '.join(sorted(known))}"
-            )
+        if encoder not in self.encoders:
+            known = ", ".join(sorted(self.encoders))
+            raise UnknownEncoder(f"unknown encoder {encoder!r}: known encoders are {known}")
         # Only the parameters the encoder takes are part of the job's identity.
-        accepted = getattr(known[encoder], "options", ())
-        options = {key: value for key, value in options.items() if key in accepted}
-        validate = getattr(known[encoder], "validate", None)
-        if validate is not None:
-            validate(options)  # raises BadRequest with what is wrong
+        chosen = self.encoders[encoder]
+        options = {key: value for key, value in options.items() if key in chosen.options}
+        chosen.validate(options)  # raises BadRequest with what is wrong
         now = self.now()
         recording = self.is_recording(stream_id) or stream.wanted
         default_stop = now if recording else (stream.stop_date or now)
@@ -254,39 +217,9 @@ class Streams:
 
     async def shutdown(self) -> None:
         """Stop every recorder gracefully; the wanted state stays for the restart."""
-        await defer.DeferredList(
-            [defer.ensureDeferred(r.stop()) for r in self.recorders.values()],
-            consumeErrors=True,
-        )
+        await self.recorders.stop_all()
 
 
 def check_time(name: str, value: float) -> None:
     if not math.isfinite(value) or value < 0 or value > 1e11:
         raise BadRequest(f"{name} must be a POSIX timestamp in seconds")
-
-
-def job_json(job: ClipJob, link: Callable[[Clip], str] = lambda clip: clip.link) -> dict[str, Any]:
-    clips = [replace(clip, link=link(clip)) for clip in job.clips] if job.status == JOB_DONE else []
-    answer: dict[str, Any] = {
-        "status": job.status,
-        "clips": [clip_json(clip) for clip in clips],
-        "job_id": job.id,
-        "start": job.start,
-        "stop": job.stop,
-        "encoder": job.encoder,
-        "progress": 1.0 if job.status == JOB_DONE else round(job.progress, 3),
-    }
-    if job.error_message:
-        answer["error_message"] = job.error_message
-    return answer
-
-
-__all__ = [
-    "AlreadyStarted",
-    "BadRequest",
-    "CannotStart",
-    "CannotStop",
-    "NotStarted",
-    "StreamNotFound",
-    "Streams",
-]

@@ -11,13 +11,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .store import Segment, SqlStore
+from .store import Segment, SqlStore, Stream
 
 log = Logger(namespace="streamrec.janitor")
 
@@ -31,6 +32,73 @@ class Retention:
     min_free_bytes: int = 0  # keep at least this much free on the data disk
     clip_ttl: float = 7 * 86400.0  # finished clips are deleted after this long
     interval: float = 60.0
+
+
+class Policy:
+    """One reason to delete segments, oldest first: which ones it may take
+    (older than ``before``, of ``stream_id``) and when it has had enough."""
+
+    before: float | None = None
+    stream_id: int | None = None
+
+    def satisfied(self) -> bool:
+        return False
+
+    def take(self, segment: Segment) -> bool:
+        """Count ``segment`` as deleted; True to delete the batch so far and look again."""
+        return False
+
+
+@dataclass
+class MaxAge(Policy):
+    """Every segment that ended before ``before`` (of one stream, or of all)."""
+
+    before: float | None = None
+    stream_id: int | None = None
+
+
+@dataclass
+class ByteBudget(Policy):
+    """The oldest segments until the archive fits in its budget."""
+
+    over: int = 0
+
+    def satisfied(self) -> bool:
+        return self.over <= 0
+
+    def take(self, segment: Segment) -> bool:
+        self.over -= segment.bytes
+        return self.over <= 0
+
+
+@dataclass
+class FreeSpace(Policy):
+    """The oldest segments until the disk has ``min_free`` bytes free, measured
+    again after every ``step`` deletions."""
+
+    free: Callable[[], int] = lambda: 0
+    min_free: int = 0
+    step: int = 10
+    taken: int = 0
+
+    def satisfied(self) -> bool:
+        return self.free() >= self.min_free
+
+    def take(self, segment: Segment) -> bool:
+        self.taken += 1
+        return self.taken % self.step == 0
+
+
+def age_policies(now: float, max_age: float, streams: list[Stream]) -> list[Policy]:
+    """Each stream's own maximum age, then the global one (0: none)."""
+    policies: list[Policy] = [
+        MaxAge(before=now - stream.max_age, stream_id=stream.id)
+        for stream in streams
+        if stream.max_age
+    ]
+    if max_age:
+        policies.append(MaxAge(before=now - max_age))
+    return policies
 
 
 def _remove_files(segments: list[Segment]) -> None:
@@ -112,36 +180,26 @@ class Janitor(Service):
         if self.forgotten:
             await self.store.delete_segments(sorted(self.forgotten))
             self.forgotten.clear()
-        for stream in await self.store.list_streams():
-            if stream.max_age:
-                await self._delete_while(
-                    lambda: True, before=now - stream.max_age, stream=stream.id
-                )
-        if self.retention.max_age:
-            await self._delete_while(lambda: True, before=now - self.retention.max_age)
-        if self.retention.max_bytes:
-            total = await self.store.segment_bytes()
-            budget = {"over": total - self.retention.max_bytes}
-            await self._delete_while(lambda: budget["over"] > 0, budget=budget)
-        if self.retention.min_free_bytes:
-            await self._delete_while(
-                lambda: self.free(self.data_dir) < self.retention.min_free_bytes
-            )
+        retention = self.retention
+        for policy in age_policies(now, retention.max_age, await self.store.list_streams()):
+            await self._enforce(policy)
+        if retention.max_bytes:
+            over = await self.store.segment_bytes() - retention.max_bytes
+            await self._enforce(ByteBudget(over=over))
+        if retention.min_free_bytes:
+            free = partial(self.free, self.data_dir)
+            await self._enforce(FreeSpace(free=free, min_free=retention.min_free_bytes))
         await self._expire_clips(now)
 
-    async def _delete_while(
-        self,
-        needed: Callable[[], bool],
-        before: float | None = None,
-        stream: int | None = None,
-        budget: dict[str, int] | None = None,
-    ) -> None:
+    async def _enforce(self, policy: Policy) -> None:
+        """Delete the oldest segments the policy may take until it is satisfied,
+        never one a clip job is reading."""
         skipped: set[int] = set()
-        while needed():
+        while not policy.satisfied():
             batch = [
                 segment
                 for segment in await self.store.oldest_segments(
-                    BATCH + len(skipped), before=before, stream_id=stream
+                    BATCH + len(skipped), before=policy.before, stream_id=policy.stream_id
                 )
                 if segment.id not in skipped
             ]
@@ -154,12 +212,8 @@ class Janitor(Service):
                     skipped.add(segment.id)
                     continue
                 doomed.append(segment)
-                if budget is not None:
-                    budget["over"] -= segment.bytes
-                    if budget["over"] <= 0:
-                        break
-                elif before is None and len(doomed) >= 10:
-                    break  # free space: re-measure after a few
+                if policy.take(segment):
+                    break
             if not doomed:
                 return
             await self._delete(doomed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import pluggy
@@ -12,17 +13,20 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from . import hookspecs
-from .clips.mp4 import ClipResult, Mp4Error, SegmentPiece, build_clip
+from .media.mp4 import ClipResult, Mp4Error, SegmentPiece, build_clip
+from .threads import RunBlocking, thread_runner
 
 log = Logger(namespace="streamrec.plugins")
 
 # What plugins may rely on: import these names from streamrec.plugins.
 __all__ = [
     "ClipEncoder",
+    "Encoder",
     "ClipResult",
     "EncodeRequest",
     "Mp4Error",
     "PluginContext",
+    "RunBlocking",
     "SegmentPiece",
     "StorageBackend",
     "build_clip",
@@ -40,13 +44,23 @@ ENTRY_POINT_GROUP = "streamrec"
 
 @dataclass(frozen=True)
 class PluginContext:
-    """What a backend or encoder factory gets to build itself."""
+    """What a backend or encoder factory gets to build itself.
+
+    ``run_blocking(fn, *args)`` runs blocking work (file copies, network
+    clients without Twisted support) in the reactor's thread pool and returns
+    a Deferred of its result; plugins use it instead of threads of their own.
+    """
 
     reactor: Any
     data_dir: str
     public_url: str
     ffmpeg: str
     config: dict[str, Any] = field(default_factory=dict)
+    run_blocking: RunBlocking = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.run_blocking is None:
+            object.__setattr__(self, "run_blocking", thread_runner(self.reactor))
 
 
 @dataclass
@@ -73,7 +87,25 @@ class StorageBackend(Protocol):
 
 
 class ClipEncoder(Protocol):
+    """Builds clips. ``options`` names the request parameters it takes (get_clip
+    keeps only those, and they are part of the job's identity); ``validate``
+    raises :class:`streamrec.errors.BadRequest` naming a bad one, before the
+    job is created."""
+
+    options: Sequence[str]
+
+    def validate(self, options: dict[str, str]) -> Any: ...
+
     def encode(self, request: EncodeRequest) -> Awaitable[ClipResult]: ...
+
+
+class Encoder:
+    """A base for encoders that take no parameters."""
+
+    options: Sequence[str] = ()
+
+    def validate(self, options: dict[str, str]) -> None:
+        return None
 
 
 def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
@@ -107,6 +139,11 @@ def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
             impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
         except Exception:
             log.failure("plugin {plugin} failed in {hook}", plugin=impl.plugin_name, hook=hook_name)
+
+
+def notifier(pm: pluggy.PluginManager) -> Callable[..., None]:
+    """``notify(hook_name, **kwargs)`` bound to ``pm``."""
+    return partial(notify, pm)
 
 
 def plugin_names(pm: pluggy.PluginManager) -> list[str]:

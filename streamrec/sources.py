@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from .errors import InvalidSource
+
 ALLOWED_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "rtp")
 
 # Protocols ffmpeg may open while reading a source: the schemes above plus
@@ -20,9 +22,7 @@ PROTOCOL_WHITELIST = ",".join(
 
 MAX_URL_LENGTH = 2048
 
-
-class InvalidSource(ValueError):
-    """A URL that streamrec will not record; the message says why."""
+__all__ = ["InvalidSource", "input_options", "validate_source_url"]
 
 
 def validate_source_url(url: str) -> str:

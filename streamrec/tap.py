@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import configparser
+import os
 from dataclasses import fields
+from functools import partial
 from typing import Any
 
+import pluggy
+from twisted.logger import Logger
 from twisted.python import usage
 
-from .service import Config, ConfigError, StreamrecService
+from .api import StreamrecAPI
+from .clips.worker import ClipWorker
+from .config import Config, ConfigError, plugin_config, public_url
+from .core import Streams
+from .janitor import Janitor, Retention
+from .media.ffmpeg import find_ffmpeg
+from .plugins import (
+    ClipEncoder,
+    PluginContext,
+    collect,
+    get_plugin_manager,
+    notifier,
+    plugin_names,
+)
+from .recorder.command import SegmenterSettings, parent_death_launcher
+from .recorder.fleet import Recorders
+from .recorder.indexing import SegmentChecker
+from .recorder.layout import SegmentLayout
+from .recorder.supervisor import Recorder
+from .service import StreamrecService
+from .store import open_store
+from .threads import thread_runner
+
+log = Logger(namespace="streamrec.tap")
 
 DEFAULTS = Config()
 
@@ -180,10 +207,154 @@ class Options(usage.Options):
         return Config(**values)
 
 
-def makeService(options: Options) -> StreamrecService:
-    from twisted.internet import reactor
-
+def makeService(options: Options, reactor: Any = None) -> StreamrecService:
+    if reactor is None:
+        from twisted.internet import reactor
     try:
-        return StreamrecService(options.config, reactor, exit_on_failure=True)
+        return build_service(options.config, reactor, exit_on_failure=True)
     except (ConfigError, RuntimeError, ValueError) as error:
         raise SystemExit(f"streamrec: {error}") from None
+
+
+def build_service(
+    config: Config,
+    reactor: Any,
+    *,
+    plugin_manager: pluggy.PluginManager | None = None,
+    exit_on_failure: bool = False,
+) -> StreamrecService:
+    """Every collaborator, built up front and handed to the one that uses it."""
+    data_dir = os.path.abspath(config.data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    links = public_url(config)
+    ffmpeg = find_ffmpeg(config.ffmpeg or None)
+    run_blocking = thread_runner(reactor)
+    pm = plugin_manager or get_plugin_manager(load_entrypoints=config.load_plugins)
+    context = PluginContext(
+        reactor=reactor,
+        data_dir=data_dir,
+        public_url=links,
+        ffmpeg=ffmpeg,
+        config=plugin_config(config),
+        run_blocking=run_blocking,
+    )
+    storage_factories = collect(pm.hook.register_storage_backends)
+    if config.storage not in storage_factories:
+        raise ConfigError(
+            f"unknown storage backend {config.storage!r}; known: "
+            + ", ".join(sorted(storage_factories))
+        )
+    encoders, unavailable = build_encoders(pm, context, config.encoder)
+    storage = storage_factories[config.storage](context)
+    store = open_store(config.database or "sqlite:", data_dir, reactor=reactor)
+    layout = SegmentLayout(data_dir)
+    checker = SegmentChecker(
+        layout=layout, run_blocking=run_blocking, max_duration=10 * config.segment_seconds + 10
+    )
+    notify = notifier(pm)
+    recorders = Recorders(
+        make=partial(
+            Recorder,
+            reactor=reactor,
+            store=store,
+            ffmpeg=ffmpeg,
+            layout=layout,
+            checker=checker,
+            settings=SegmenterSettings(segment_seconds=config.segment_seconds),
+            start_timeout=config.start_timeout,
+            reconnect_max=config.reconnect_max,
+            launcher=parent_death_launcher(),
+        )
+    )
+    worker = ClipWorker(
+        reactor=reactor,
+        store=store,
+        storage=storage,
+        encoders=encoders,
+        scratch_dir=os.path.join(data_dir, "tmp"),
+        is_recording=recorders.is_recording,
+        notify=notify,
+        concurrency=config.clip_workers,
+    )
+    janitor = Janitor(
+        reactor=reactor,
+        store=store,
+        storage=storage,
+        data_dir=data_dir,
+        retention=Retention(
+            max_age=config.max_age,
+            max_bytes=config.max_bytes,
+            min_free_bytes=config.min_free,
+            clip_ttl=config.clip_ttl,
+            interval=config.retention_interval,
+        ),
+        in_use=worker.paths_in_use,
+        run_blocking=run_blocking,
+    )
+    streams = Streams(
+        reactor=reactor,
+        store=store,
+        recorders=recorders,
+        notify=notify,
+        encoders=encoders,
+        default_encoder=config.encoder,
+        max_clip_seconds=config.max_clip_seconds,
+        storage=storage,
+        wake_worker=worker.wake,
+        space_short=janitor.run_now,
+    )
+    plugins = {
+        "plugins": plugin_names(pm),
+        "storage_backends": sorted(storage_factories),
+        "clip_encoders": sorted(encoders),
+        "unavailable": unavailable,
+        "storage": config.storage,
+        "default_encoder": config.encoder,
+    }
+    return StreamrecService(
+        reactor=reactor,
+        listen=config.listen,
+        public_url=links,
+        store=store,
+        layout=layout,
+        checker=checker,
+        streams=streams,
+        api=StreamrecAPI(streams, storage.resource(), plugins),
+        worker=worker,
+        janitor=janitor,
+        exit_on_failure=exit_on_failure,
+    )
+
+
+ENCODER_PARTS = ("options", "validate", "encode")
+
+
+def build_encoders(
+    pm: pluggy.PluginManager, context: PluginContext, default: str
+) -> tuple[dict[str, ClipEncoder], dict[str, str]]:
+    """Every encoder that builds, and why the others did not. One that fails is
+    left out (and logged), unless it is the default encoder."""
+    factories = collect(pm.hook.register_clip_encoders)
+    if default not in factories:
+        raise ConfigError(
+            f"unknown clip encoder {default!r}; known: " + ", ".join(sorted(factories))
+        )
+    encoders: dict[str, ClipEncoder] = {}
+    unavailable: dict[str, str] = {}
+    for name, make in factories.items():
+        try:
+            encoder = make(context)
+            missing = [part for part in ENCODER_PARTS if not hasattr(encoder, part)]
+            if missing:
+                raise ConfigError(
+                    f"{type(encoder).__name__} lacks {', '.join(missing)}"
+                    " (see streamrec.plugins.ClipEncoder)"
+                )
+        except Exception as error:
+            if name == default:
+                raise
+            log.failure("clip encoder {name} failed to load: left out", name=name)
+            unavailable[name] = f"{error.__class__.__name__}: {error}"
+            continue
+        encoders[name] = encoder
+    return encoders, unavailable

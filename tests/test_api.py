@@ -12,8 +12,10 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from streamrec.api import StreamrecAPI
-from streamrec.core import BadRequest, Streams
-from streamrec.recorder.supervisor import CannotStart
+from streamrec.core import Streams
+from streamrec.errors import BadRequest, CannotStart
+from streamrec.plugins import Encoder
+from streamrec.recorder.fleet import Recorders
 from streamrec.store import JOB_DONE, Clip, open_store
 
 
@@ -68,13 +70,13 @@ class APIBase(unittest.TestCase):
         self.streams = Streams(
             reactor=reactor,
             store=self.store,
-            make_recorder=self._make_recorder,
+            recorders=Recorders(make=self._make_recorder),
             notify=lambda *a, **k: None,
-            encoders=lambda: {"copy": object(), "timelapse": FakeEncoder()},
+            encoders={"copy": Encoder(), "timelapse": FakeEncoder()},
             default_encoder="copy",
             max_clip_seconds=3600,
         )
-        self.api = StreamrecAPI(self.streams, lambda: None, lambda: {"plugins": []})
+        self.api = StreamrecAPI(self.streams, None, {"plugins": []})
         self.http = StubTreq(self.api.resource())
         # The store answers from a thread: keep pumping the in-memory connections.
         pump = task.LoopingCall(self.http.flush)
@@ -82,8 +84,8 @@ class APIBase(unittest.TestCase):
         self.addCleanup(pump.stop)
         return defer.ensureDeferred(self.store.migrate())
 
-    def _make_recorder(self, stream: Any, listener: Any) -> FakeRecorder:
-        recorder = self.recorders[stream.id] = FakeRecorder(self.fail_start)
+    def _make_recorder(self, stream_id: int, url: str, listener: Any) -> FakeRecorder:
+        recorder = self.recorders[stream_id] = FakeRecorder(self.fail_start)
         return recorder
 
     async def call(
@@ -392,8 +394,8 @@ class FailingRecorder(FakeRecorder):
 class APIFailureTests(APIBase):
     """The seed's 500s for a segmenter or store that fails under the API."""
 
-    def _make_recorder(self, stream: Any, listener: Any) -> FakeRecorder:
-        recorder = self.recorders[stream.id] = FailingRecorder()
+    def _make_recorder(self, stream_id: int, url: str, listener: Any) -> FakeRecorder:
+        recorder = self.recorders[stream_id] = FailingRecorder()
         return recorder
 
     @defer.inlineCallbacks

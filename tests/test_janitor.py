@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from streamrec.janitor import Janitor, Retention
 from streamrec.store import JOB_DONE, JOB_EXPIRED, Clip
 
-from .harness import sqlite_store
+from .support.harness import sqlite_store
 
 NOW = 1_800_000_000.0
 

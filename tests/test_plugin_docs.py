@@ -20,8 +20,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from streamrec import hookimpl, hookspecs, plugins
-from streamrec import service as service_module
+from streamrec import hookimpl, hookspecs
 from streamrec.builtin.fast_encoder import FastCopyEncoder
 from streamrec.builtin.local_storage import LocalStorage
 from streamrec.plugins import (
@@ -35,8 +34,8 @@ from streamrec.plugins import (
     plugin_names,
 )
 
-from .harness import ServiceTestCase, until
-from .livesource import UdpTsSource
+from .support.harness import ServiceTestCase, until
+from .support.livesource import UdpTsSource
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUIDE = os.path.join(ROOT, "docs", "plugins.md")
@@ -317,7 +316,7 @@ class ExamplePluginTests(ServiceTestCase):
             self.assertEqual(handle.read(), mirrored)
         self.assertEqual(sorted(os.listdir(mirror)), [key], "no partial files left")
 
-        await service.service.storage.delete_clip(key)
+        await service.service.worker.storage.delete_clip(key)
         self.assertEqual(os.listdir(mirror), [])
         code, _ = await service.call("GET", "/streams/")  # still answering
         self.assertEqual(code, 200)
@@ -328,16 +327,9 @@ class BrokenEncoderTests(ServiceTestCase):
 
     @defer.inlineCallbacks
     def test_broken_encoder_is_left_out(self):
-        plugin = BrokenEncoderPlugin()
-        pm_factory = plugins.get_plugin_manager
-
-        def with_broken(load_entrypoints: bool = True) -> Any:
-            pm = pm_factory(load_entrypoints)
-            pm.register(plugin, name="broken-encoder")
-            return pm
-
-        self.patch(service_module, "get_plugin_manager", with_broken)
-        service = yield defer.ensureDeferred(self.service())
+        pm = get_plugin_manager(load_entrypoints=False)
+        pm.register(BrokenEncoderPlugin(), name="broken-encoder")
+        service = yield defer.ensureDeferred(self.service(plugin_manager=pm))
         code, answer = yield defer.ensureDeferred(service.call("GET", "/plugins"))
         self.assertEqual(code, 200)
         self.assertNotIn("broken", answer["clip_encoders"])

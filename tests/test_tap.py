@@ -10,7 +10,7 @@ from twisted.internet import utils
 from twisted.python import usage
 from twisted.trial import unittest
 
-from streamrec.service import plugin_config
+from streamrec.config import plugin_config
 from streamrec.tap import Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

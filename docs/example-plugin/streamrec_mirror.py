@@ -13,7 +13,6 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import IResource
 
 from streamrec import hookimpl
@@ -31,11 +30,8 @@ class MirrorStorage:
             raise ValueError(f"mirror storage: {mirror} is not a writable directory")
         self.mirror = mirror
         self.local = LocalStorage(context)
-        self.reactor = context.reactor
-
-    def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
-        # File copies block: run them in the reactor's thread pool.
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
+        # Blocking work runs in the reactor's thread pool.
+        self.run_blocking = context.run_blocking
 
     def _copy(self, local_path: str, key: str) -> None:
         partial = os.path.join(self.mirror, f".{key}.partial")
@@ -49,11 +45,11 @@ class MirrorStorage:
             pass
 
     async def store_clip(self, local_path: str, key: str) -> str:
-        await self._in_thread(self._copy, local_path, key)
+        await self.run_blocking(self._copy, local_path, key)
         return await self.local.store_clip(local_path, key)
 
     async def delete_clip(self, key: str) -> None:
-        await self._in_thread(self._remove, key)
+        await self.run_blocking(self._remove, key)
         await self.local.delete_clip(key)
 
     def resource(self) -> IResource | None:

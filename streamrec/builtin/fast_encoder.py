@@ -6,23 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.threads import deferToThreadPool
-
 from .. import hookimpl
-from ..clips.mp4 import ClipResult, build_clip
-from ..plugins import EncodeRequest, PluginContext
+from ..media.mp4 import ClipResult, build_clip
+from ..plugins import Encoder, EncodeRequest, PluginContext
 
 
-class FastCopyEncoder:
+class FastCopyEncoder(Encoder):
     """No decoding, no re-muxing: tens of milliseconds for a minute of video."""
 
     def __init__(self, context: PluginContext) -> None:
-        self.reactor = context.reactor
+        self.run_blocking = context.run_blocking
 
     async def encode(self, request: EncodeRequest) -> ClipResult:
-        result: ClipResult = await deferToThreadPool(
-            self.reactor,
-            self.reactor.getThreadPool(),
+        result: ClipResult = await self.run_blocking(
             build_clip,
             request.pieces,
             request.start,

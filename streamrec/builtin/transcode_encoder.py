@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import hookimpl
-from ..clips.mp4 import ClipResult
 from ..clips.reencode import VIDEO_OPTIONS, VideoOptions, reencode, video_options
+from ..media.mp4 import ClipResult
 from ..plugins import EncodeRequest, PluginContext
 
 
@@ -38,8 +38,7 @@ class TranscodeEncoder:
     options = VIDEO_OPTIONS
 
     def __init__(self, context: PluginContext) -> None:
-        self.reactor = context.reactor
-        self.ffmpeg = context.ffmpeg
+        self.context = context
 
     def validate(self, options: dict[str, str]) -> VideoOptions:
         """Raise :class:`streamrec.clips.reencode.OptionError` on a bad value."""
@@ -48,8 +47,7 @@ class TranscodeEncoder:
     async def encode(self, request: EncodeRequest) -> ClipResult:
         choice = self.validate(request.options)
         return await reencode(
-            self.reactor,
-            self.ffmpeg,
+            self.context,
             request,
             video_filters=video_filters(choice),
             video_args=choice.x264_args(),

@@ -3,8 +3,8 @@
 Encoders that change the pictures (the built-in ``transcode``, plugins such
 as ``timelapse``) share this module.  :func:`reencode` does the whole job:
 
-1. builds the frame-exact copy clip with :func:`streamrec.clips.mp4.build_clip`
-   (in the reactor's thread pool) to a scratch file next to ``out_path``.
+1. builds the frame-exact copy clip with :func:`streamrec.media.mp4.build_clip`
+   (with ``context.run_blocking``) to a scratch file next to ``out_path``.
    That clip's edit list starts it at the requested instant, and its last
    video sample is the one shown just before ``stop``; ffmpeg's decoder
    honours the edit list (the lead-in from the keyframe is decoded and
@@ -23,33 +23,25 @@ as ``timelapse``) share this module.  :func:`reencode` does the whole job:
 
 Option parsing helpers (:func:`video_options`) turn request parameters into
 ffmpeg arguments and raise :class:`OptionError` (a
-:class:`streamrec.core.BadRequest`) naming the bad parameter.
+:class:`streamrec.errors.BadRequest`) naming the bad parameter.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from twisted.internet import defer, error
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-
-from ..core import BadRequest
-from ..plugins import EncodeRequest
-from .mp4 import ClipResult, build_clip
+from ..errors import BadRequest
+from ..media.ffmpeg import FfmpegFailed, run_ffmpeg
+from ..media.mp4 import ClipResult, build_clip
+from ..plugins import EncodeRequest, PluginContext
 
 __all__ = [
     "AAC_PRIMING_SAMPLES",
     "FfmpegFailed",
     "OptionError",
-    "ProgressProtocol",
     "VIDEO_OPTIONS",
     "VideoOptions",
     "reencode",
@@ -57,13 +49,8 @@ __all__ = [
     "video_options",
 ]
 
-log = Logger(namespace="streamrec.clips.reencode")
-
 #: Samples of encoder delay ("priming") of ffmpeg's native AAC encoder.
 AAC_PRIMING_SAMPLES = 1024
-
-#: Seconds between SIGTERM and SIGKILL when ffmpeg is stopped.
-KILL_GRACE = 2.0
 
 #: libx264 presets, fastest first.
 X264_PRESETS = (
@@ -89,10 +76,6 @@ VIDEO_OPTIONS = (
     "audio_bitrate",
     "preset",
 )
-
-
-class FfmpegFailed(RuntimeError):
-    """ffmpeg exited with an error; the message carries its reason."""
 
 
 class OptionError(BadRequest):
@@ -220,156 +203,6 @@ def video_options(options: Mapping[str, str]) -> VideoOptions:
 
 
 # --------------------------------------------------------------------------
-# The child process
-# --------------------------------------------------------------------------
-
-_LOG_PREFIX = re.compile(r"^(\[[^\]]+ @ 0x[0-9a-f]+\]\s*)+")
-
-
-class ProgressProtocol(ProcessProtocol):
-    """Talks to one ffmpeg run with ``-progress pipe:1``.
-
-    ``out_time_us`` lines on stdout become ``progress(fraction)`` calls
-    (``fraction`` = output time / ``duration``, increasing, at most 1.0);
-    the last stderr lines are kept for the error.  ``done`` fires with None
-    on exit status 0 and fails with :class:`FfmpegFailed` otherwise;
-    cancelling it stops the process (SIGTERM, then SIGKILL after
-    ``kill_grace`` seconds).
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        duration: float,
-        progress: Callable[[float], None],
-        kill_grace: float = KILL_GRACE,
-    ) -> None:
-        self.reactor = reactor
-        self.duration = duration
-        self.progress = progress
-        self.kill_grace = kill_grace
-        self.done: defer.Deferred[None] = defer.Deferred(self._cancel)
-        self.fraction = 0.0
-        self.stderr_tail: deque[str] = deque(maxlen=20)
-        self._buffers = {1: b"", 2: b""}
-        self._kill_call: Any = None
-        self._ended = False
-        self._stopping = False
-
-    # -- output ----------------------------------------------------------
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD not in self._buffers:
-            return
-        lines = (self._buffers[childFD] + data).split(b"\n")
-        self._buffers[childFD] = lines.pop()
-        for line in lines:
-            self._line(childFD, line.decode("utf-8", "replace").strip())
-
-    def _line(self, fd: int, line: str) -> None:
-        if not line:
-            return
-        if fd == 2:
-            self.stderr_tail.append(_LOG_PREFIX.sub("", line))
-            return
-        key, _, value = line.partition("=")
-        if key in ("out_time_us", "out_time_ms"):  # both are microseconds
-            try:
-                seconds = int(value) / 1e6
-            except ValueError:  # "N/A" before the first frame
-                return
-            self._report(seconds / self.duration if self.duration > 0 else 0.0)
-        elif key == "progress" and value == "end":
-            self._report(1.0)
-
-    def _report(self, fraction: float) -> None:
-        if self._stopping:  # a stopped ffmpeg still says progress=end
-            return
-        fraction = min(max(fraction, 0.0), 1.0)
-        if fraction > self.fraction:
-            self.fraction = fraction
-            try:
-                self.progress(fraction)
-            except Exception:
-                log.failure("progress callback failed")
-
-    # -- end ----------------------------------------------------------------
-    def processEnded(self, reason: Failure) -> None:
-        self._ended = True
-        for fd in list(self._buffers):
-            if self._buffers[fd]:
-                self._line(fd, self._buffers[fd].decode("utf-8", "replace").strip())
-                self._buffers[fd] = b""
-        if self._kill_call is not None and self._kill_call.active():
-            self._kill_call.cancel()
-        if self.done.called:  # cancelled: the Deferred already failed
-            return
-        if reason.check(error.ProcessDone):
-            self.done.callback(None)
-        else:
-            self.done.errback(FfmpegFailed(self.error_message(reason)))
-
-    def error_message(self, reason: Failure) -> str:
-        value = reason.value
-        code = getattr(value, "exitCode", None)
-        signal = getattr(value, "signal", None)
-        how = f"exit status {code}" if code is not None else f"signal {signal}"
-        lines = list(self.stderr_tail)
-        if not lines:
-            return f"ffmpeg failed ({how}) without a message"
-        last = lines[-1]
-        first = lines[0]
-        if first != last and len(lines) > 1:
-            return f"ffmpeg failed ({how}): {last} (first error: {first})"
-        return f"ffmpeg failed ({how}): {last}"
-
-    def _cancel(self, _: defer.Deferred[None]) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop ffmpeg: SIGTERM now, SIGKILL if still running after the grace time."""
-        if self._ended or self.transport is None:
-            return
-        self._stopping = True
-        self._signal("TERM")
-        if self._kill_call is None:
-            self._kill_call = self.reactor.callLater(self.kill_grace, self._signal, "KILL")
-
-    def _signal(self, name: str) -> None:
-        if self.transport is None:
-            return
-        try:
-            self.transport.signalProcess(name)
-        except error.ProcessExitedAlready:
-            pass
-
-
-def run_ffmpeg(
-    reactor: Any, args: Sequence[str], duration: float, progress: Callable[[float], None]
-) -> defer.Deferred[None]:
-    """Run ``args`` (ffmpeg first, with ``-progress pipe:1``) as a child process.
-
-    Returns a Deferred that fires when it exits successfully, fails with
-    :class:`FfmpegFailed`, and when cancelled stops the process.  A reactor
-    shutdown also stops it, so no ffmpeg outlives the service.
-    """
-    protocol = ProgressProtocol(reactor, duration, progress)
-    try:
-        process = reactor.spawnProcess(
-            protocol, args[0], list(args), env=None, childFDs={0: "w", 1: "r", 2: "r"}
-        )
-    except OSError as failure:
-        return defer.fail(FfmpegFailed(f"cannot run ffmpeg: {failure}"))
-    process.closeStdin()
-    trigger = reactor.addSystemEventTrigger("before", "shutdown", protocol.stop)
-
-    def forget(result: Any) -> Any:
-        reactor.removeSystemEventTrigger(trigger)
-        return result
-
-    return protocol.done.addBoth(forget)
-
-
-# --------------------------------------------------------------------------
 # The whole re-encode
 # --------------------------------------------------------------------------
 
@@ -405,8 +238,7 @@ def _remove(path: str) -> None:
 
 
 async def reencode(
-    reactor: Any,
-    ffmpeg: str,
+    context: PluginContext,
     request: EncodeRequest,
     *,
     video_filters: Sequence[str] = (),
@@ -425,16 +257,14 @@ async def reencode(
     """
     source, partial = _scratch_paths(request.out_path)
     try:
-        exact: ClipResult = await deferToThreadPool(
-            reactor,
-            reactor.getThreadPool(),
+        exact: ClipResult = await context.run_blocking(
             build_clip,
             request.pieces,
             request.start,
             request.stop,
             source,
         )
-        args = [ffmpeg, *_INPUT_ARGS, source, "-map", "0:v:0"]
+        args = [context.ffmpeg, *_INPUT_ARGS, source, "-map", "0:v:0"]
         if video_filters:
             args += ["-filter:v", ",".join(video_filters)]
         args += video_args
@@ -446,7 +276,7 @@ async def reencode(
             args += ["-map", "0:a:0?", "-filter:a", f"atrim=start_sample={AAC_PRIMING_SAMPLES}"]
             args += audio_args
         args += [*_OUTPUT_ARGS, partial]
-        await run_ffmpeg(reactor, args, exact.duration / speed, request.progress)
+        await run_ffmpeg(context.reactor, args, exact.duration / speed, request.progress)
         size = _move_into_place(partial, request.out_path)
         return ClipResult(exact.start, exact.stop, exact.duration, size)
     finally:

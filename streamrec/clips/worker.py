@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -13,9 +13,10 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..plugins import EncodeRequest, StorageBackend
+from ..media.mp4 import SegmentPiece
+from ..plugins import ClipEncoder, EncodeRequest, StorageBackend
 from ..store import JOB_FAILED, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, SqlStore
-from .mp4 import SegmentPiece
+from ..views import clip_json
 from .planner import plan_spans
 
 log = Logger(namespace="streamrec.clips")
@@ -31,7 +32,7 @@ class ClipWorker(Service):
         reactor: Any,
         store: SqlStore,
         storage: StorageBackend,
-        encoders: dict[str, Any],
+        encoders: Mapping[str, ClipEncoder],
         scratch_dir: str,
         is_recording: Callable[[int], bool],
         notify: Callable[..., None],
@@ -199,13 +200,3 @@ class ClipWorker(Service):
             self.store.set_job_progress(job_id, min(fraction, 0.99), self.reactor.seconds())
         )
         d.addErrback(lambda f: log.failure("cannot record progress", f))
-
-
-def clip_json(clip: Clip) -> dict[str, Any]:
-    return {
-        "link": clip.link,
-        "start": round(clip.start, 3),
-        "stop": round(clip.stop, 3),
-        "duration": round(clip.stop - clip.start, 3),
-        "size": clip.bytes,
-    }

@@ -6,8 +6,8 @@ import shutil
 from dataclasses import dataclass
 
 from ..sources import input_options
+from .layout import SEGMENT_PATTERN
 
-SEGMENT_PATTERN = "seg%06d.mp4"
 PROGRESS_FD = 3
 
 # Fragmented MP4: clips are cut from the moof/trun sample tables without
@@ -77,16 +77,10 @@ def segmenter_args(ffmpeg: str, url: str, settings: SegmenterSettings) -> list[s
     ]
 
 
-def segment_name(index: int) -> str:
-    return SEGMENT_PATTERN % index
-
-
-def segment_index(name: str) -> int | None:
-    """The number in a segment's file name, or None if it is not one."""
-    if not (name.startswith("seg") and name.endswith(".mp4")):
-        return None
-    digits = name[3:-4]
-    return int(digits) if digits.isdigit() else None
+def is_segmenter(argv: list[bytes]) -> bool:
+    """Whether a process command line (``/proc/PID/cmdline`` split at NULs) is a
+    segmenter's: ffmpeg writing its segment list to stdout."""
+    return b"-segment_list" in argv and b"pipe:1" in argv and b"ffmpeg" in argv[0]
 
 
 def parent_death_launcher() -> list[str]:

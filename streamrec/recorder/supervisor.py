@@ -3,13 +3,8 @@
 Follows Twisted's procmon: restart with capped exponential backoff (with
 jitter) while the stream stays started, SIGINT then a delayed SIGKILL to stop,
 pending calls cancelled on stop, every child line logged with the stream id.
-
-Wall-clock mapping: ffmpeg's output timeline starts at 0 with the first packet
-it received. Every report (a closed segment's end, a progress line) that
-arrives at wall time W about media time M bounds the run's anchor from above:
-``anchor <= W - M``. The smallest bound seen is the anchor; when it improves,
-the run's segments already indexed are shifted with it, so one run is always
-one consistent timeline.
+Where the segments lie on the wall clock is :mod:`.timeline`'s arithmetic;
+checking a closed segment is :mod:`.indexing`'s; the supervisor applies them.
 """
 
 from __future__ import annotations
@@ -21,16 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..errors import CannotStart
+from ..media.ffmpeg import FfmpegChild, spawn
 from ..store import SqlStore
-from .command import PROGRESS_FD, SegmenterSettings, segment_index, segment_name, segmenter_args
-from .validate import InvalidSegment, quarantine, validate_segment
+from .command import PROGRESS_FD, SegmenterSettings, segmenter_args
+from .indexing import Checked, SegmentChecker
+from .layout import SegmentLayout, segment_index
+from .timeline import RunClock
 
 log = Logger(namespace="streamrec.recorder")
 
@@ -39,10 +36,6 @@ STARTING = "starting"
 RECORDING = "recording"
 RECONNECTING = "reconnecting"
 DISK_FULL = "disk_full"
-
-# Segments are indexed at the latest this long after ffmpeg started, even if
-# its output never settled to the pace of the wall clock.
-SETTLE_LIMIT = 15.0
 
 DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded")
 
@@ -64,14 +57,6 @@ ERROR_WORDS = (
     "not allowed",
     "cannot",
 )
-
-
-class CannotStart(Exception):
-    """ffmpeg could not be launched or gave up before the source opened."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class RecorderListener(Protocol):
@@ -114,150 +99,30 @@ def explain(lines: list[str]) -> str:
     return meaningful[-1].strip() if meaningful else "ffmpeg exited"
 
 
-class SegmenterProtocol(ProcessProtocol):
-    """Splits a segmenter's output into lines and hands them to its Run."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self._buffers: dict[int, bytes] = {}
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        buffered = self._buffers.get(childFD, b"") + data
-        *lines, rest = buffered.split(b"\n")
-        self._buffers[childFD] = rest
-        for raw in lines:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            if childFD == 1:
-                self.run.segment_line(line)
-            elif childFD == PROGRESS_FD:
-                self.run.progress_line(line)
-            else:
-                self.run.log_line(line)
-
-    def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self._buffers.items():
-            if rest:
-                self.childDataReceived(fd, b"\n")
-        self.run.ended(reason)
-
-
 @dataclass
 class Run:
-    """One ffmpeg process: its directory, timeline anchor and indexing chain."""
+    """One ffmpeg process of a recorder: its directory, clock and indexing chain."""
 
-    recorder: Recorder
     run_id: int
     directory: str
-    started_at: float
-    anchor: float | None = None
-    indexed_anchor: float | None = None
-    last_media: float | None = None
+    clock: RunClock
+    child: FfmpegChild
     last_index: int = -1
-    last_end: float | None = None
     segments: int = 0
     opened: bool = False
-    exited: bool = False
     disk_full: str | None = None
     stall: str | None = None
-    process: Any = None
-    kill_call: IDelayedCall | None = None
-    settled: bool = False
+    # Segments closed before the clock settled: (name, media start, media end).
     held: list[tuple[str, float, float]] = field(default_factory=list)
-    last_observation: tuple[float, float] | None = None
     stderr_tail: list[str] = field(default_factory=list)
     waiters: list[defer.Deferred[None]] = field(default_factory=list)
     done: defer.Deferred[None] = field(default_factory=defer.Deferred)
+    # Indexing steps run one after the other, in the order ffmpeg reported them.
     chain: defer.Deferred[None] = field(default_factory=lambda: defer.succeed(None))
 
-    def signal(self, name: str) -> None:
-        """Signal this run's own process (never a later run's)."""
-        if self.process is None or self.exited:
-            return
-        try:
-            self.process.signalProcess(name)
-        except error.ProcessExitedAlready:
-            pass
-
-    def _later(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn`` after everything queued before it; log its failure."""
-
-        def step(_: object) -> Any:
-            return defer.ensureDeferred(fn(*args))
-
-        self.chain.addCallback(step)
-        self.chain.addErrback(self.recorder.log_failure, "indexing failed")
-
-    def observe(self, wall: float, media: float) -> None:
-        if not self.settled:
-            self._settle(wall, media)
-        bound = wall - media
-        if self.anchor is None or bound < self.anchor - 0.002:
-            self.anchor = bound
-            if self.indexed_anchor is not None:
-                self._later(self.recorder.reanchor, self)
-
-    def _settle(self, wall: float, media: float) -> None:
-        """Hold segments back while ffmpeg catches up after probing the source.
-
-        Right after it opens a source, ffmpeg writes out at once what it
-        buffered while probing: media time runs ahead of the wall clock and
-        the anchor is still far too late. Once media time advances at the
-        pace of the wall clock (or after SETTLE_LIMIT seconds), the anchor
-        is good to a few milliseconds and the held segments are indexed.
-        """
-        previous = self.last_observation
-        if previous is None:
-            self.last_observation = (wall, media)
-            return
-        elapsed = wall - previous[0]
-        if elapsed < 0.3:
-            return
-        if media - previous[1] <= elapsed * 1.1 or wall - self.started_at > SETTLE_LIMIT:
-            self._release()
-        self.last_observation = (wall, media)
-
-    def _release(self) -> None:
-        self.settled = True
-        held, self.held = self.held, []
-        for name, media_start, media_end in held:
-            self._later(self.recorder.index_segment, self, name, media_start, media_end)
-
-    def segment_line(self, line: str) -> None:
-        try:
-            name, start, end = next(csv.reader([line]))
-            media_start, media_end = float(start), float(end)
-        except (ValueError, StopIteration):
-            self.recorder.log_child(line)
-            return
-        self.observe(self.recorder.now(), media_end)
-        if self.settled:
-            self._later(self.recorder.index_segment, self, name, media_start, media_end)
-        else:
-            self.held.append((name, media_start, media_end))
-
-    def progress_line(self, line: str) -> None:
-        key, _, value = line.partition("=")
-        if key == "out_time_us" and value.strip().lstrip("-").isdigit():
-            media = int(value) / 1e6
-            if media > 0:
-                self.last_media = media
-                self.observe(self.recorder.now(), media)
-        elif key == "progress" and not self.opened:
-            self.opened = True
-            self.recorder.run_opened(self)
-
-    def log_line(self, line: str) -> None:
-        if any(words in line.lower() for words in DISK_FULL_WORDS):
-            self.disk_full = line.strip()
-        self.stderr_tail.append(line)
-        del self.stderr_tail[:-20]
-        self.recorder.log_child(line)
-
-    def ended(self, reason: Failure) -> None:
-        self.exited = True
-        self._release()
-        self._later(self.recorder.run_ended, self, reason)
-        self.chain.addBoth(lambda _: self.done.callback(None))
+    @property
+    def exited(self) -> bool:
+        return self.child.exited
 
 
 class Recorder:
@@ -271,15 +136,15 @@ class Recorder:
         reactor: Any,
         store: SqlStore,
         ffmpeg: str,
-        data_dir: str,
+        layout: SegmentLayout,
+        checker: SegmentChecker,
         listener: RecorderListener,
         settings: SegmenterSettings = SegmenterSettings(),
         start_timeout: float = 8.0,
         kill_timeout: float = 10.0,
         stall_timeout: float | None = None,
         backoff: Backoff | None = None,
-        validate: Callable[[str, float], tuple[float, float]] = validate_segment,
-        run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
+        reconnect_max: float = 30.0,
         launcher: Sequence[str] = (),
     ) -> None:
         self.stream_id = stream_id
@@ -287,15 +152,14 @@ class Recorder:
         self.reactor = reactor
         self.store = store
         self.ffmpeg = ffmpeg
-        self.data_dir = data_dir
+        self.layout = layout
+        self.checker = checker
         self.listener = listener
         self.settings = settings
         self.start_timeout = start_timeout
         self.kill_timeout = kill_timeout
         self.stall_timeout = stall_timeout or max(20.0, 5 * settings.segment_seconds)
-        self.backoff = backoff or Backoff()
-        self.validate = validate
-        self.run_blocking = run_blocking or self._in_thread
+        self.backoff = backoff or Backoff(cap=reconnect_max)
         self.launcher = list(launcher)
         self.wanted = False
         self.state = STOPPED
@@ -305,17 +169,11 @@ class Recorder:
         self._launching: defer.Deferred[None] | None = None
         self._restart_call: IDelayedCall | None = None
         self._stall_call: IDelayedCall | None = None
+        self._who = f"stream {stream_id}: "
 
     # -- helpers ----------------------------------------------------------
-    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
-
     def now(self) -> float:
         return self.reactor.seconds()
-
-    def log_child(self, line: str) -> None:
-        if line.strip():
-            log.debug("stream {stream_id}: {line}", stream_id=self.stream_id, line=line)
 
     def log_failure(self, failure: Failure, what: str) -> None:
         log.failure("stream {stream_id}: {what}", failure, stream_id=self.stream_id, what=what)
@@ -386,18 +244,26 @@ class Recorder:
             await self._launching  # a launch in flight sees wanted is False
         run = self.run
         if run is not None:
-            if not run.exited:
-                self._interrupt(run)
+            self._interrupt(run)
             await run.done
         if not self.wanted:
             self._set_state(STOPPED)
 
+    def busy(self) -> bool:
+        """Started, or still closing and indexing its last segment."""
+        run = self.run
+        return self.wanted or (run is not None and not run.done.called)
+
+    @property
+    def process(self) -> Any:
+        """The running segmenter's process transport, if one runs."""
+        run = self.run
+        return run.child.transport if run is not None and not run.exited else None
+
     # -- process life -----------------------------------------------------------
     def _interrupt(self, run: Run) -> None:
         """Ask ffmpeg to close its segment and exit; kill it if it does not."""
-        run.signal("INT")
-        if run.kill_call is None:
-            run.kill_call = self.reactor.callLater(self.kill_timeout, run.signal, "KILL")
+        run.child.stop("INT", self.kill_timeout)
 
     def _arm_watchdog(self) -> None:
         self._disarm_watchdog()
@@ -436,19 +302,14 @@ class Recorder:
         if not self.wanted:
             await self.store.close_run(run_id, self.now(), "stopped before it started")
             raise CannotStart("stopped while starting")
-        directory = os.path.join(self.data_dir, "segments", str(self.stream_id), str(run_id))
-        run = Run(recorder=self, run_id=run_id, directory=directory, started_at=self.now())
+        directory = self.layout.run_dir(self.stream_id, run_id)
         args = self.launcher + segmenter_args(self.ffmpeg, self.url, self.settings)
+        child = FfmpegChild(self.reactor, lambda fd, line: self._line(run, fd, line))
+        run = Run(run_id, directory, RunClock(started_at=self.now()), child)
+        child.ended.addCallback(lambda reason: self._ended(run, reason))
         try:
             os.makedirs(directory, exist_ok=True)
-            run.process = self.reactor.spawnProcess(
-                SegmenterProtocol(run),
-                args[0],
-                args,
-                env=None,
-                path=directory,
-                childFDs={0: "w", 1: "r", 2: "r", PROGRESS_FD: "r"},
-            )
+            spawn(self.reactor, run.child, args, path=directory, extra_fds=(PROGRESS_FD,))
         except OSError as failure:
             await self.store.close_run(run_id, self.now(), f"spawn failed: {failure}")
             raise CannotStart(f"cannot run ffmpeg: {failure}") from failure
@@ -456,24 +317,78 @@ class Recorder:
         log.info(
             "stream {stream_id}: ffmpeg pid {pid} run {run_id} recording into {directory}",
             stream_id=self.stream_id,
-            pid=getattr(run.process, "pid", None),
+            pid=run.child.pid,
             run_id=run_id,
             directory=directory,
         )
         return run
 
-    def busy(self) -> bool:
-        """Started, or still closing and indexing its last segment."""
-        run = self.run
-        return self.wanted or (run is not None and not run.done.called)
+    # -- what ffmpeg says -------------------------------------------------------
+    def _line(self, run: Run, fd: int, line: str) -> None:
+        if fd == 1:
+            self._segment_line(run, line)
+        elif fd == PROGRESS_FD:
+            self._progress_line(run, line)
+        else:
+            self._log_line(run, line)
 
-    @property
-    def process(self) -> Any:
-        """The running segmenter's process transport, if one runs."""
-        run = self.run
-        return run.process if run is not None and not run.exited else None
+    def _later(self, run: Run, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` after the run's indexing steps queued before it; log its failure."""
 
-    def run_opened(self, run: Run) -> None:
+        def step(_: object) -> Any:
+            return defer.ensureDeferred(fn(*args))
+
+        run.chain.addCallback(step)
+        run.chain.addErrback(self.log_failure, "indexing failed")
+
+    def _observe(self, run: Run, media: float) -> None:
+        seen = run.clock.observe(self.now(), media)
+        if seen.settled:
+            self._release(run)
+        if seen.reanchor:
+            self._later(run, self._reanchor, run)
+
+    def _release(self, run: Run) -> None:
+        held, run.held = run.held, []
+        for name, _media_start, media_end in held:
+            self._later(run, self.index_segment, run, name, media_end)
+
+    def _segment_line(self, run: Run, line: str) -> None:
+        try:
+            name, start, end = next(csv.reader([line]))
+            media_start, media_end = float(start), float(end)
+        except (ValueError, StopIteration):
+            self._log_child(line)
+            return
+        self._observe(run, media_end)
+        if run.clock.settled:
+            self._later(run, self.index_segment, run, name, media_end)
+        else:
+            run.held.append((name, media_start, media_end))
+
+    def _progress_line(self, run: Run, line: str) -> None:
+        key, _, value = line.partition("=")
+        if key == "out_time_us" and value.strip().lstrip("-").isdigit():
+            media = int(value) / 1e6
+            if media > 0:
+                run.clock.last_media = media
+                self._observe(run, media)
+        elif key == "progress" and not run.opened:
+            run.opened = True
+            self._opened(run)
+
+    def _log_line(self, run: Run, line: str) -> None:
+        if any(words in line.lower() for words in DISK_FULL_WORDS):
+            run.disk_full = line.strip()
+        run.stderr_tail.append(line)
+        del run.stderr_tail[:-20]
+        self._log_child(line)
+
+    def _log_child(self, line: str) -> None:
+        if line.strip():
+            log.debug("stream {stream_id}: {line}", stream_id=self.stream_id, line=line)
+
+    def _opened(self, run: Run) -> None:
         if run is not self.run:
             return
         self._set_state(RECORDING)
@@ -482,12 +397,16 @@ class Recorder:
         for waiter in waiters:
             waiter.callback(None)
 
-    async def run_ended(self, run: Run, reason: Failure) -> None:
-        if run.kill_call is not None and run.kill_call.active():
-            run.kill_call.cancel()
+    def _ended(self, run: Run, reason: BaseException) -> None:
+        if run.clock.settle():
+            self._release(run)
+        self._later(run, self._run_ended, run, reason)
+        run.chain.addBoth(lambda _: run.done.callback(None))
+
+    async def _run_ended(self, run: Run, reason: BaseException) -> None:
         if run is self.run:
             self._disarm_watchdog()
-        exit_code = getattr(reason.value, "exitCode", None)
+        exit_code = getattr(reason, "exitCode", None)
         why = run.stall or explain(run.stderr_tail)
         waiters, run.waiters = run.waiters, []
         try:
@@ -540,84 +459,35 @@ class Recorder:
         d.addErrback(self.log_failure, "restart failed")
 
     # -- indexing ---------------------------------------------------------------
-    async def index_segment(
-        self, run: Run, name: str, media_start: float, media_end: float
-    ) -> None:
-        path = os.path.join(run.directory, name)
+    async def index_segment(self, run: Run, name: str, media_end: float) -> None:
         number = segment_index(name)
         if number is not None:
             run.last_index = max(run.last_index, number)
-        await self._index(run, path, media_end=media_end)
+        await self._index(run, os.path.join(run.directory, name), media_end)
 
-    async def _index(self, run: Run, path: str, media_end: float | None = None) -> None:
-        try:
-            size = os.path.getsize(path)
-            first, last = await self.run_blocking(
-                self.validate, path, 10 * self.settings.segment_seconds + 10
-            )
-        except InvalidSegment as failure:
-            self._set_aside(path, str(failure))
+    async def _index(self, run: Run, path: str, media_end: float | None) -> None:
+        checked: Checked = await self.checker.check(path, self._who)
+        if not checked.ok:
             return
-        except OSError as failure:
-            log.warn(
-                "stream {stream_id}: segment {path} not indexed: {failure}",
-                stream_id=self.stream_id,
-                path=path,
-                failure=failure,
-            )
-            return
-        duration = last - first
-        if run.indexed_anchor is None:
-            run.indexed_anchor = run.anchor if run.anchor is not None else run.started_at
-        else:
-            await self.reanchor(run)
-        anchor = run.indexed_anchor
-        if media_end is not None:
-            end = anchor + media_end
-            start = end - duration
-            if run.last_end is not None and abs(start - run.last_end) < 0.25:
-                start = run.last_end  # the usual case: right after the previous one
-        elif run.last_end is not None:
-            start = run.last_end
-            end = start + duration
-        else:
-            end = anchor + (run.last_media or duration)
-            start = end - duration
+        await self._reanchor(run)
+        start, end = run.clock.place(checked.duration, media_end)
         segment_id = await self.store.add_segment(
-            self.stream_id, run.run_id, path, start, end, size
+            self.stream_id, run.run_id, path, start, end, checked.size
         )
-        run.last_end = end
+        run.clock.indexed(end)
         run.segments += 1
         if run is self.run and not run.exited:
             self._arm_watchdog()
         self.listener.segment_closed(self.stream_id, segment_id, path, start, end)
 
-    async def reanchor(self, run: Run) -> None:
+    async def _reanchor(self, run: Run) -> None:
         """Move the run's indexed segments to its better clock anchor."""
-        if run.indexed_anchor is None or run.anchor is None:
-            return
-        delta = run.anchor - run.indexed_anchor
-        if delta > -0.002:
-            return
-        run.indexed_anchor = run.anchor
-        await self.store.shift_run(run.run_id, delta)
-        if run.last_end is not None:
-            run.last_end += delta
-
-    def _set_aside(self, path: str, why: str) -> None:
-        try:
-            where = quarantine(path, self.data_dir)
-        except OSError as failure:
-            where = f"(could not move it: {failure})"
-        log.warn(
-            "stream {stream_id}: bad segment quarantined to {where}: {why}",
-            stream_id=self.stream_id,
-            where=where,
-            why=why,
-        )
+        delta = run.clock.reanchor()
+        if delta:
+            await self.store.shift_run(run.run_id, delta)
 
     async def _index_trailing(self, run: Run) -> None:
         """Index the segment ffmpeg was writing when it died without closing it."""
-        path = os.path.join(run.directory, segment_name(run.last_index + 1))
+        path = self.layout.segment_path(run.directory, run.last_index + 1)
         if os.path.exists(path) and os.path.getsize(path) > 0:
-            await self._index(run, path)
+            await self._index(run, path, None)

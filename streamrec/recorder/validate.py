@@ -1,12 +1,10 @@
-"""Checking a segment before it is indexed, and setting bad ones aside."""
+"""Checking a segment before it is indexed."""
 
 from __future__ import annotations
 
-import os
-
 import av
 
-from ..clips.mp4 import Mp4Error, segment_span
+from ..media.fmp4 import Mp4Error, segment_span
 
 
 class InvalidSegment(Exception):
@@ -35,15 +33,3 @@ def validate_segment(path: str, max_duration: float) -> tuple[float, float]:
     except av.FFmpegError as error:
         raise InvalidSegment(f"{path}: {error}") from None
     return first, end
-
-
-def quarantine(path: str, data_dir: str) -> str:
-    """Move a bad segment under ``DATA_DIR/quarantine``, keeping its place in the tree."""
-    segments = os.path.join(data_dir, "segments")
-    relative = os.path.relpath(path, segments)
-    if relative.startswith(".."):
-        relative = os.path.basename(path)
-    target = os.path.join(data_dir, "quarantine", relative)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(path, target)
-    return target

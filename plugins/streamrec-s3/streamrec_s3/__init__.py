@@ -26,7 +26,6 @@ import boto3
 import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from streamrec import hookimpl
@@ -159,7 +158,7 @@ class S3Storage:
     def __init__(
         self, context: PluginContext, settings: S3Settings | None = None, client: Any = None
     ) -> None:
-        self.reactor = context.reactor
+        self.run_blocking = context.run_blocking
         self.settings = settings or S3Settings.load(context.config.get("s3"))
         self.client = client if client is not None else make_client(self.settings)
         self.transfer = TransferConfig(
@@ -173,20 +172,17 @@ class S3Storage:
             links=self.settings.links,
         )
 
-    def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
-
     def object_key(self, key: str) -> str:
         if not key or key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"bad clip key {key!r}")
         return self.settings.key_prefix + key
 
     async def store_clip(self, local_path: str, key: str) -> str:
-        link: str = await self._in_thread(self._upload, local_path, self.object_key(key))
+        link: str = await self.run_blocking(self._upload, local_path, self.object_key(key))
         return link
 
     async def delete_clip(self, key: str) -> None:
-        await self._in_thread(
+        await self.run_blocking(
             lambda: self.client.delete_object(Bucket=self.settings.bucket, Key=self.object_key(key))
         )
 

@@ -321,7 +321,7 @@ class S3ServiceTests(unittest.TestCase):
 
     def setUp(self) -> None:
         try:
-            from tests import harness, livesource
+            from tests.support import harness, livesource
         except ImportError:
             raise unittest.SkipTest("run from the streamrec repository root") from None
         self.harness = harness

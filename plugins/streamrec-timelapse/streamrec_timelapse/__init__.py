@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from streamrec import hookimpl
-from streamrec.clips.mp4 import ClipResult
 from streamrec.clips.reencode import (
     VIDEO_OPTIONS,
     OptionError,
@@ -21,7 +20,7 @@ from streamrec.clips.reencode import (
     reencode,
     video_options,
 )
-from streamrec.plugins import EncodeRequest, PluginContext
+from streamrec.plugins import ClipResult, EncodeRequest, PluginContext
 
 __version__ = "0.1.0"
 
@@ -62,8 +61,7 @@ class TimelapseEncoder:
     options = ("speed", *(name for name in VIDEO_OPTIONS if name != "audio_bitrate"))
 
     def __init__(self, context: PluginContext) -> None:
-        self.reactor = context.reactor
-        self.ffmpeg = context.ffmpeg
+        self.context = context
 
     def validate(self, options: dict[str, str]) -> tuple[float, VideoOptions]:
         """Raise :class:`streamrec.clips.reencode.OptionError` on a bad value."""
@@ -72,8 +70,7 @@ class TimelapseEncoder:
     async def encode(self, request: EncodeRequest) -> ClipResult:
         speed, choice = self.validate(request.options)
         return await reencode(
-            self.reactor,
-            self.ffmpeg,
+            self.context,
             request,
             video_filters=timelapse_filters(speed, choice),
             video_args=choice.x264_args(),

@@ -19,8 +19,8 @@ from streamrec.clips.reencode import OptionError
 from streamrec.plugins import collect, get_plugin_manager
 
 try:
-    from tests.harness import ServiceTestCase, decode, until
-    from tests.livesource import FPS, UdpTsSource
+    from tests.support.harness import ServiceTestCase, decode, until
+    from tests.support.livesource import FPS, UdpTsSource
 except ImportError as missing:  # not run from the streamrec repository root
     raise ImportError(
         "run these tests from the streamrec repository root: "

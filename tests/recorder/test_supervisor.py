@@ -11,7 +11,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from streamrec.errors import CannotStart
 from streamrec.recorder.command import SegmenterSettings, segmenter_args
+from streamrec.recorder.indexing import SegmentChecker
+from streamrec.recorder.layout import SegmentLayout
 from streamrec.recorder.supervisor import (
     DISK_FULL,
     RECONNECTING,
@@ -19,7 +22,6 @@ from streamrec.recorder.supervisor import (
     STARTING,
     STOPPED,
     Backoff,
-    CannotStart,
     Recorder,
     explain,
 )
@@ -116,7 +118,8 @@ class RecorderBase(unittest.SynchronousTestCase):
         self.reactor.advance(1_000_000)
         self.store = FakeStore()
         self.listener = Listener()
-        self.data_dir = self.mktemp()
+        self.data_dir = os.path.abspath(self.mktemp())
+        layout = SegmentLayout(self.data_dir)
         self.spans: dict[str, tuple[float, float]] = {}
         self.recorder = Recorder(
             7,
@@ -124,13 +127,17 @@ class RecorderBase(unittest.SynchronousTestCase):
             reactor=self.reactor,
             store=self.store,  # type: ignore[arg-type]
             ffmpeg="/usr/bin/ffmpeg",
-            data_dir=self.data_dir,
+            layout=layout,
+            checker=SegmentChecker(
+                layout=layout,
+                run_blocking=defer.maybeDeferred,
+                max_duration=30,
+                validate=self._validate,
+            ),
             listener=self.listener,
             start_timeout=8,
             kill_timeout=5,
             backoff=Backoff(initial=1, factor=2, cap=30, jitter=0),
-            validate=self._validate,
-            run_blocking=defer.maybeDeferred,
         )
 
     def _validate(self, path: str, max_duration: float) -> tuple[float, float]:

@@ -30,8 +30,8 @@ from streamrec.store import (
 )
 from streamrec.store.steps import Insert, Query, Steps
 
-from .harness import ServiceTestCase, until
-from .livesource import UdpTsSource, free_port
+from ..support.harness import ServiceTestCase, until
+from ..support.livesource import UdpTsSource, free_port
 
 NOW = 1_800_000_000.0
 DATABASE = os.environ.get("STREAMREC_TEST_DATABASE", "")

@@ -1,8 +1,8 @@
-"""Prove the test live sources work (tests/livesource.py, rtsp_server.py,
+"""Prove the test live sources work (tests/support/livesource.py, rtsp_server.py,
 framecode.py): record a few seconds with a plain ffmpeg and look at the
 result with PyAV.
 
-Run: cd /work/main && python -m twisted.trial tests.test_livesource
+Run: cd /work/main && python -m twisted.trial tests.support.test_livesource
 """
 
 import os
@@ -14,8 +14,8 @@ import time
 import av
 from twisted.trial import unittest
 
-from tests import framecode, livesource
-from tests.livesource import FFMPEG, FFPROBE, RtspServer, UdpTsSource
+from tests.support import framecode, livesource
+from tests.support.livesource import FFMPEG, FFPROBE, RtspServer, UdpTsSource
 
 REC_SECONDS = 3.0
 

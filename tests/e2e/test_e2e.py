@@ -13,9 +13,9 @@ from twisted.internet import defer, reactor
 from twisted.web import static
 from twisted.web.server import Site
 
-from . import framecode
-from .harness import FRAME, Service, ServiceTestCase, sleep, until
-from .livesource import FFMPEG, FPS, RtspServer, UdpTsSource, free_port
+from ..support import framecode
+from ..support.harness import FRAME, Service, ServiceTestCase, sleep, until
+from ..support.livesource import FFMPEG, FPS, RtspServer, UdpTsSource, free_port
 
 
 class UdpRecordingTests(ServiceTestCase):

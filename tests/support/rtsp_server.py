@@ -20,7 +20,7 @@ Mounts (each shared between clients, one pipeline per mount):
               rtph265depay/rtph265pay)
 
 Without any ``--feed`` option the script starts its own ffmpeg feed (needs
-framecode.py next to it), so ``/usr/bin/python3 tests/rtsp_server.py --port
+framecode.py next to it), so ``/usr/bin/python3 tests/support/rtsp_server.py --port
 8554`` works standalone.
 
 On stdout it prints ``MOUNTS /a /b ...``, ``FEED_T0 <unix time>`` (standalone
@@ -126,7 +126,7 @@ def start_own_feed(feeds):
     sys.path.insert(0, HERE)
     import time
 
-    import livesource as ls
+    import encoding as ls
 
     for m in MOUNTS:
         feeds[m] = ls.free_port("udp")

@@ -6,7 +6,7 @@ import subprocess
 import imageio_ffmpeg
 from twisted.trial import unittest
 
-from streamrec.ffmpeg import FfmpegNotFound, find_ffmpeg
+from streamrec.media.ffmpeg import FfmpegNotFound, find_ffmpeg
 
 
 class FindFfmpegTests(unittest.SynchronousTestCase):

@@ -26,9 +26,9 @@ from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from .harness import FRAME, Service, ServiceTestCase, sleep, until
-from .livesource import FPS, UdpTsSource, free_port
-from .service_process import (
+from ..support.harness import FRAME, Service, ServiceTestCase, sleep, until
+from ..support.livesource import FPS, UdpTsSource, free_port
+from ..support.service_process import (
     ServiceProcess,
     alive,
     kill_processes_under,

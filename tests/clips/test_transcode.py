@@ -13,17 +13,12 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from streamrec.builtin.transcode_encoder import TranscodeEncoder, video_filters
-from streamrec.clips.reencode import (
-    FfmpegFailed,
-    OptionError,
-    ProgressProtocol,
-    run_ffmpeg,
-    video_options,
-)
-from streamrec.core import BadRequest
+from streamrec.clips.reencode import OptionError, video_options
+from streamrec.errors import BadRequest
+from streamrec.media.ffmpeg import FfmpegChild, FfmpegFailed, run_ffmpeg
 
-from .harness import Service, ServiceTestCase, decode, sleep, until
-from .livesource import FPS, RtspServer, UdpTsSource
+from ..support.harness import Service, ServiceTestCase, decode, sleep, until
+from ..support.livesource import FPS, RtspServer, UdpTsSource
 
 # --------------------------------------------------------------------------
 # A fake process reactor (procmon-style): a Clock that records spawnProcess.
@@ -31,7 +26,7 @@ from .livesource import FPS, RtspServer, UdpTsSource
 
 
 class FakeTransport:
-    def __init__(self, protocol: ProgressProtocol) -> None:
+    def __init__(self, protocol: FfmpegChild) -> None:
         self.protocol = protocol
         self.signals: list[str] = []
         self.stdin_closed = False
@@ -165,7 +160,7 @@ class RealProcessTests(unittest.TestCase):
     def test_cancel_kills_a_real_ffmpeg(self):
         from twisted.internet import reactor
 
-        from streamrec.ffmpeg import find_ffmpeg
+        from streamrec.media.ffmpeg import find_ffmpeg
 
         spawned: list[Any] = []
 
@@ -196,7 +191,7 @@ class RealProcessTests(unittest.TestCase):
     def test_real_failure_message(self):
         from twisted.internet import reactor
 
-        from streamrec.ffmpeg import find_ffmpeg
+        from streamrec.media.ffmpeg import find_ffmpeg
 
         args = [find_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error"]
         args += ["-progress", "pipe:1", "-i", "/nonexistent/input.mp4", "-f", "null", "-"]

@@ -1,7 +1,7 @@
 """A real browser plays a clip: the first frame it shows is the requested instant.
 
 The clip builder hides the lead-in from the keyframe with an edit list
-(see ``streamrec.clips.mp4``).  PyAV honours it (``tests.test_mp4``); this
+(see ``streamrec.media.mp4``).  PyAV honours it (``tests.test_mp4``); this
 test checks that a browser does too.  Segments are recorded with
 ``tests.test_mp4.recording`` (frame number painted into the top 16 rows),
 a clip starting mid-GOP is built and stored with ``LocalStorage`` and
@@ -14,14 +14,14 @@ served, with byte ranges, by its web resource from a Twisted ``Site`` on
   measures the last frame shown the same way,
 
 and POSTs everything as JSON back to the test server.  The block means are
-decoded here with ``tests.framecode`` (the leftmost block is the most
+decoded here with ``tests.support.framecode`` (the leftmost block is the most
 significant bit).
 
 The same range is also re-encoded by the built-in ``transcode`` encoder
 (H.264 without B-frames, no edit list; ``preset=ultrafast``) and played the
 same way: same first frame exactly, last frame within one, same duration.
 
-Finally the whole chain: a live RTSP camera (``tests.livesource.RtspServer``)
+Finally the whole chain: a live RTSP camera (``tests.support.livesource.RtspServer``)
 recorded by a real streamrec service (``tests.harness``), a 3 s clip asked
 for over the API starting mid-GOP, and Chromium playing the clip link from
 the service's own port while the page comes from the test's Site: a
@@ -55,12 +55,12 @@ from twisted.web import resource, server, static
 
 from streamrec.builtin.local_storage import LocalStorage
 from streamrec.builtin.transcode_encoder import TranscodeEncoder
-from streamrec.clips.mp4 import ClipResult, build_clip
+from streamrec.media.mp4 import ClipResult, build_clip
 from streamrec.plugins import EncodeRequest, PluginContext
-from tests import framecode
-from tests.harness import FRAME, ServiceTestCase, until
-from tests.livesource import GOP, RtspServer
-from tests.test_mp4 import FFMPEG, FPS, Recording, decoded_numbers, recording, wall
+from tests.support import framecode
+from tests.support.harness import FRAME, ServiceTestCase, until
+from tests.support.livesource import GOP, RtspServer
+from tests.support.recordings import FFMPEG, FPS, Recording, decoded_numbers, recording, wall
 
 CHROMIUM = "/usr/bin/chromium"
 SETSID = shutil.which("setsid")
@@ -116,7 +116,7 @@ function send() {
 }
 
 // Mean luma (BT.601 on the RGB the browser gives us) of the 16 code blocks,
-// left to right, over the inner part of each block (as tests.framecode reads it).
+// left to right, over the inner part of each block (as tests.support.framecode reads it).
 function grab() {
   const w = video.videoWidth, h = video.videoHeight;
   canvas.width = w;
@@ -178,7 +178,7 @@ video.addEventListener("error", () => {
 
 
 def number_from_means(means: list[float]) -> int:
-    """Frame number from the 16 block means, as tests.framecode paints it."""
+    """Frame number from the 16 block means, as tests.support.framecode paints it."""
     return framecode.number_from_means(means)
 
 

@@ -11,11 +11,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from streamrec.recorder.validate import validate_segment
-from streamrec.recovery import _alive, end_orphans, find_orphans, recover
+from streamrec.media.ffmpeg import pid_alive
+from streamrec.recorder.indexing import SegmentChecker
+from streamrec.recorder.layout import SegmentLayout
+from streamrec.recorder.recovery import end_orphans, find_orphans, recover
 from streamrec.store import open_store
 
-from .test_mp4 import recording
+from ..support.recordings import recording
 
 
 class OrphanTests(unittest.TestCase):
@@ -36,7 +38,7 @@ class OrphanTests(unittest.TestCase):
 
         def check(_: object) -> None:
             orphan.wait(5)
-            self.assertFalse(_alive(orphan.pid))
+            self.assertFalse(pid_alive(orphan.pid))
             self.assertIsNone(bystander.poll())
             self.assertIsNone(shell.poll())
 
@@ -47,7 +49,8 @@ class RecoverTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_indexes_what_the_index_lacks(self):
         rec = yield deferToThread(recording, "recovery_h264", seconds=8)
-        data_dir = self.mktemp()
+        data_dir = os.path.abspath(self.mktemp())
+        layout = SegmentLayout(data_dir)
         store = open_store("sqlite:", os.path.join(data_dir))
         self.addCleanup(store.close)
         yield defer.ensureDeferred(store.migrate())
@@ -69,10 +72,8 @@ class RecoverTests(unittest.TestCase):
             recover(
                 reactor=reactor,
                 store=store,
-                data_dir=data_dir,
-                validate=validate_segment,
-                max_duration=30,
-                run_blocking=deferToThread,
+                layout=layout,
+                checker=SegmentChecker(layout=layout, run_blocking=deferToThread, max_duration=30),
             )
         )
         self.assertEqual(report.indexed, paths[1:])

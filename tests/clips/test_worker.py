@@ -8,12 +8,12 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from streamrec.clips.mp4 import ClipResult
 from streamrec.clips.worker import ClipWorker
+from streamrec.media.mp4 import ClipResult
 from streamrec.plugins import EncodeRequest
 from streamrec.store import JOB_DONE, JOB_FAILED, JOB_PENDING, JOB_PROCESSING
 
-from .harness import sqlite_store
+from ..support.harness import sqlite_store
 
 T = 1_800_000_000.0
 

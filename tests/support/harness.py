@@ -14,11 +14,13 @@ import treq
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from streamrec.service import Config, StreamrecService
+from streamrec.config import Config
+from streamrec.service import StreamrecService
 from streamrec.store import SqlStore, open_store
+from streamrec.tap import build_service
 
 from .framecode import read_frame_number
-from .livesource import FPS
+from .livesource import FPS, free_port
 
 FRAME = 1.0 / FPS
 
@@ -76,9 +78,14 @@ class Service:
     """A streamrec service in this process, on a free port, with its own data dir."""
 
     def __init__(
-        self, testcase: unittest.TestCase, data_dir: str | None = None, **config: Any
+        self,
+        testcase: unittest.TestCase,
+        data_dir: str | None = None,
+        plugin_manager: Any = None,
+        **config: Any,
     ) -> None:
         self.data_dir = data_dir or testcase.mktemp()
+        self.plugin_manager = plugin_manager
         self.config = config
         self.service: StreamrecService | None = None
         self.base = ""
@@ -86,14 +93,14 @@ class Service:
     async def start(self) -> Service:
         config = Config(
             **{
-                "listen": "tcp:0:interface=127.0.0.1",
+                "listen": f"tcp:{free_port()}:interface=127.0.0.1",
                 "data_dir": self.data_dir,
                 "load_plugins": False,
                 "start_timeout": 10,
                 **self.config,
             }
         )
-        self.service = StreamrecService(config, reactor)
+        self.service = build_service(config, reactor, plugin_manager=self.plugin_manager)
         self.service.startService()
         await self.service.ready
         self.base = f"http://127.0.0.1:{self.service.port.getHost().port}"
@@ -169,8 +176,10 @@ class ServiceTestCase(unittest.TestCase):
         if abs(first - second) > tolerance:
             self.fail(f"{first!r} != {second!r} within {tolerance!r}" + (f": {msg}" if msg else ""))
 
-    async def service(self, data_dir: str | None = None, **config: Any) -> Service:
-        service = await Service(self, data_dir, **config).start()
+    async def service(
+        self, data_dir: str | None = None, plugin_manager: Any = None, **config: Any
+    ) -> Service:
+        service = await Service(self, data_dir, plugin_manager, **config).start()
         self.addCleanup(lambda: defer.ensureDeferred(service.stop()))
         return service
 

@@ -1,0 +1,57 @@
+"""What can go wrong, in the domain's words; importable from every floor.
+
+Every error the API answers with is a :class:`StreamrecError`. The HTTP
+status and message of each kind are in one table, ``streamrec.api.ERRORS``;
+nothing below the API knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class StreamrecError(Exception):
+    """Base of the errors a caller of the domain is told about. ``reason``, when
+    set, is the underlying cause in words (ffmpeg's last error line, say)."""
+
+    reason: str | None = None
+
+
+class BadRequest(StreamrecError, ValueError):
+    """A parameter is missing or wrong; the message says which and why."""
+
+
+class InvalidSource(BadRequest):
+    """A URL that streamrec will not record; the message says why."""
+
+
+class UnknownEncoder(BadRequest):
+    """A clip encoder that is not loaded was asked for."""
+
+
+class StreamNotFound(StreamrecError, LookupError):
+    pass
+
+
+class AlreadyStarted(StreamrecError):
+    pass
+
+
+class NotStarted(StreamrecError):
+    pass
+
+
+class CannotStart(StreamrecError):
+    """ffmpeg could not be launched or gave up before the source opened."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason: str = reason
+
+
+class CannotStop(StreamrecError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StatusUnavailable(StreamrecError):
+    """A stream's status could not be put together (the store failed)."""

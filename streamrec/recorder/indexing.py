@@ -1,0 +1,84 @@
+"""Checking a closed segment file before it enters the index.
+
+One way for every file that enters the index, whether the live recorder
+reports it or recovery finds it on disk after a crash: validate it (off the
+reactor thread), and move a bad one to quarantine. Where a good one lies on
+the wall clock is :mod:`streamrec.recorder.timeline`'s business; the caller
+then adds it to the store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .layout import SegmentLayout
+from .validate import InvalidSegment, validate_segment
+
+log = Logger(namespace="streamrec.recorder")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A segment file after validation: its media span and size, or why it is not indexed."""
+
+    path: str
+    first: float = 0.0
+    end: float = 0.0
+    size: int = 0
+    problem: str | None = None
+    quarantined_to: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.first
+
+
+class SegmentChecker:
+    """Validates segment files and sets the bad ones aside."""
+
+    def __init__(
+        self,
+        *,
+        layout: SegmentLayout,
+        run_blocking: Callable[..., defer.Deferred[Any]],
+        max_duration: float,
+        validate: Callable[[str, float], tuple[float, float]] = validate_segment,
+    ) -> None:
+        self.layout = layout
+        self.run_blocking = run_blocking
+        self.max_duration = max_duration
+        self.validate = validate
+
+    async def check(self, path: str, who: str = "") -> Checked:
+        """Validate ``path``; a bad segment is moved to quarantine (and logged)."""
+        try:
+            size = os.path.getsize(path)
+            first, end = await self.run_blocking(self.validate, path, self.max_duration)
+        except InvalidSegment as failure:
+            return self._set_aside(path, str(failure), who)
+        except OSError as failure:
+            log.warn(
+                "{who}segment {path} not indexed: {failure}", who=who, path=path, failure=failure
+            )
+            return Checked(path, problem=str(failure))
+        return Checked(path, first, end, size)
+
+    def _set_aside(self, path: str, why: str, who: str) -> Checked:
+        try:
+            where = self.layout.quarantine(path)
+        except FileNotFoundError:
+            return Checked(path, problem=why)
+        except OSError as failure:
+            where = f"(could not move it: {failure})"
+        log.warn("{who}bad segment quarantined to {where}: {why}", who=who, where=where, why=why)
+        return Checked(path, problem=why, quarantined_to=where)

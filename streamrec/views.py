@@ -1,0 +1,63 @@
+"""The JSON shapes of streams, clip jobs and clips: the one place they are written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .store import JOB_DONE, Clip, ClipJob, Stream, Totals
+
+
+def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict[str, Any]:
+    """A stream's status object: the seed's fields, then what its recorder reports
+    (``live``: :meth:`streamrec.recorder.supervisor.Recorder.status`, empty when none runs)
+    and what is recorded."""
+    return {
+        "id": stream.id,
+        "url": stream.url,
+        "description": stream.description,
+        "create_date": stream.create_date,
+        "start_date": stream.start_date,
+        "stop_date": stream.stop_date,
+        "started": stream.wanted,
+        "max_age": stream.max_age,
+        "state": live.get("state", "stopped"),
+        "last_error": live.get("last_error") or stream.last_error,
+        "reconnects": live.get("reconnects", 0),
+        "last_segment_at": totals.last,
+        "recorded": {
+            "segments": totals.segments,
+            "seconds": round(totals.seconds, 3),
+            "bytes": totals.bytes,
+            "first": totals.first,
+            "last": totals.last,
+        },
+    }
+
+
+def clip_json(clip: Clip, link: str | None = None) -> dict[str, Any]:
+    """One clip of a job; ``link`` replaces the stored one (a fresh presigned URL)."""
+    return {
+        "link": clip.link if link is None else link,
+        "start": round(clip.start, 3),
+        "stop": round(clip.stop, 3),
+        "duration": round(clip.stop - clip.start, 3),
+        "size": clip.bytes,
+    }
+
+
+def job_json(job: ClipJob, link: Callable[[Clip], str] = lambda clip: clip.link) -> dict[str, Any]:
+    """get_clip's answer: links appear only once the job is done."""
+    done = job.status == JOB_DONE
+    answer: dict[str, Any] = {
+        "status": job.status,
+        "clips": [clip_json(clip, link(clip)) for clip in job.clips] if done else [],
+        "job_id": job.id,
+        "start": job.start,
+        "stop": job.stop,
+        "encoder": job.encoder,
+        "progress": 1.0 if done else round(job.progress, 3),
+    }
+    if job.error_message:
+        answer["error_message"] = job.error_message
+    return answer
