@@ -53,7 +53,8 @@ if REPO not in sys.path:
 import av  # noqa: E402
 
 from streamrec.media import mp4  # noqa: E402
-from streamrec.media.mp4 import SegmentPiece, build_clip, segment_span  # noqa: E402
+from streamrec.media.fmp4 import segment_span  # noqa: E402
+from streamrec.media.mp4 import SegmentPiece, build_clip  # noqa: E402
 
 FPS = 25
 GOP_SECONDS = 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from twisted.internet import defer
@@ -70,9 +70,12 @@ class Streams:
     def _recorder(self, stream: Stream) -> Recorder:
         return self.recorders.for_stream(stream.id, stream.url, listener=self)
 
-    def _lock(self, stream_id: int) -> defer.DeferredLock:
+    async def _one_at_a_time(
+        self, stream_id: int, step: Callable[[int], Coroutine[Any, Any, None]]
+    ) -> None:
         """Start and stop of one stream happen one after the other."""
-        return self._locks.setdefault(stream_id, defer.DeferredLock())
+        lock = self._locks.setdefault(stream_id, defer.DeferredLock())
+        await lock.run(lambda: defer.ensureDeferred(step(stream_id)))
 
     def is_recording(self, stream_id: int) -> bool:
         return self.recorders.is_recording(stream_id)
@@ -126,11 +129,7 @@ class Streams:
         return stream_json(stream, totals, self.recorders.live_status(stream.id))
 
     async def start(self, stream_id: int) -> None:
-        await self._lock(stream_id).acquire()
-        try:
-            await self._start(stream_id)
-        finally:
-            self._lock(stream_id).release()
+        await self._one_at_a_time(stream_id, self._start)
 
     async def _start(self, stream_id: int) -> None:
         stream = await self._stream(stream_id)
@@ -143,11 +142,7 @@ class Streams:
         self.notify("stream_started", stream_id=stream_id, url=stream.url)
 
     async def stop(self, stream_id: int) -> None:
-        await self._lock(stream_id).acquire()
-        try:
-            await self._stop(stream_id)
-        finally:
-            self._lock(stream_id).release()
+        await self._one_at_a_time(stream_id, self._stop)
 
     async def _stop(self, stream_id: int) -> None:
         stream = await self._stream(stream_id)

@@ -7,8 +7,8 @@ import os
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from streamrec.janitor import Janitor, Retention
-from streamrec.store import JOB_DONE, JOB_EXPIRED, Clip
+from streamrec.janitor import ByteBudget, FreeSpace, Janitor, MaxAge, Retention, age_policies
+from streamrec.store import JOB_DONE, JOB_EXPIRED, Clip, Segment, Stream
 
 from .support.harness import sqlite_store
 
@@ -173,3 +173,44 @@ class JanitorTests(unittest.TestCase):
         self.assertEqual(janitor.forgotten, set())
         left = yield defer.ensureDeferred(self.hours_left(self.cam1))
         self.assertEqual(left, list(range(1, 47)))
+
+
+def segment(size: int) -> Segment:
+    return Segment(id=1, stream_id=1, run_id=1, path="/x", start=0.0, end=2.0, bytes=size)
+
+
+class PolicyTests(unittest.SynchronousTestCase):
+    """Each retention rule on its own, with plain numbers."""
+
+    def test_age_policies_per_stream_then_global(self):
+        streams = [
+            Stream(1, "rtsp://a", "", 0.0, None, None, False, None, max_age=3600.0),
+            Stream(2, "rtsp://b", "", 0.0, None, None, False, None, max_age=None),
+        ]
+        self.assertEqual(
+            age_policies(NOW, 86400.0, streams),
+            [MaxAge(before=NOW - 3600, stream_id=1), MaxAge(before=NOW - 86400)],
+        )
+        self.assertEqual(age_policies(NOW, 0.0, streams[1:]), [])
+
+    def test_an_age_limit_takes_everything_it_may(self):
+        policy = MaxAge(before=NOW)
+        self.assertFalse(policy.satisfied())
+        self.assertFalse(policy.take(segment(10**9)), "never stops a batch early")
+
+    def test_a_byte_budget_takes_until_it_fits(self):
+        policy = ByteBudget(over=2500)
+        self.assertFalse(policy.take(segment(1000)))
+        self.assertFalse(policy.take(segment(1000)))
+        self.assertFalse(policy.satisfied())
+        self.assertTrue(policy.take(segment(1000)))
+        self.assertTrue(policy.satisfied())
+        self.assertTrue(ByteBudget(over=0).satisfied())
+
+    def test_free_space_measures_again_every_few_segments(self):
+        disk = {"free": 100}
+        policy = FreeSpace(free=lambda: disk["free"], min_free=500, step=3)
+        self.assertFalse(policy.satisfied())
+        self.assertEqual([policy.take(segment(1)) for _ in range(6)], [False, False, True] * 2)
+        disk["free"] = 600
+        self.assertTrue(policy.satisfied())

@@ -193,7 +193,7 @@ class ProgressReader:
             except Exception:
                 log.failure("progress callback failed")
 
-    def error_message(self, reason: BaseException) -> str:
+    def error_message(self, reason: BaseException | None) -> str:
         code = getattr(reason, "exitCode", None)
         signal = getattr(reason, "signal", None)
         how = f"exit status {code}" if code is not None else f"signal {signal}"
@@ -235,7 +235,7 @@ def run_ffmpeg(
     process.closeStdin()
     trigger = reactor.addSystemEventTrigger("before", "shutdown", stop)
 
-    def ended(reason: BaseException) -> None:
+    def ended(reason: BaseException | None) -> None:
         reactor.removeSystemEventTrigger(trigger)
         if done.called:  # cancelled: the Deferred already failed
             return

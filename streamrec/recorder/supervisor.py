@@ -397,13 +397,13 @@ class Recorder:
         for waiter in waiters:
             waiter.callback(None)
 
-    def _ended(self, run: Run, reason: BaseException) -> None:
+    def _ended(self, run: Run, reason: BaseException | None) -> None:
         if run.clock.settle():
             self._release(run)
         self._later(run, self._run_ended, run, reason)
         run.chain.addBoth(lambda _: run.done.callback(None))
 
-    async def _run_ended(self, run: Run, reason: BaseException) -> None:
+    async def _run_ended(self, run: Run, reason: BaseException | None) -> None:
         if run is self.run:
             self._disarm_watchdog()
         exit_code = getattr(reason, "exitCode", None)

@@ -100,7 +100,7 @@ class UdpRecordingTests(ServiceTestCase):
         service = await self.service()
         stream_id = (await service.ok("GET", "/streams/create", url=source.url))["stream_id"]
         await service.ok("GET", f"/streams/{stream_id}/start")
-        recorder = service.service.streams.recorders[stream_id]
+        recorder = service.service.streams.recorders.by_stream[stream_id]
         await until(lambda: self._first_segment(service, stream_id), 20, "the first segment")
         await sleep(2.5)
         killed_at = time.time()

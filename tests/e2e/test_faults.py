@@ -149,7 +149,7 @@ class SegmenterKillTests(FaultCase):
         service = await self.service(reconnect_max=2)
         data_dir = os.path.abspath(service.data_dir)
         stream_id = await self.start_stream(service, source.url)
-        recorder = service.service.streams.recorders[stream_id]
+        recorder = service.service.streams.recorders.by_stream[stream_id]
         seen: set[str] = set()
         kills: list[float] = []
         killed_runs: list[int] = []

@@ -12,7 +12,6 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from streamrec.errors import CannotStart
-from streamrec.recorder.command import SegmenterSettings, segmenter_args
 from streamrec.recorder.indexing import SegmentChecker
 from streamrec.recorder.layout import SegmentLayout
 from streamrec.recorder.supervisor import (
@@ -26,7 +25,6 @@ from streamrec.recorder.supervisor import (
     explain,
 )
 from streamrec.recorder.validate import InvalidSegment
-from streamrec.sources import PROTOCOL_WHITELIST
 
 
 class FakeProcess:
@@ -156,16 +154,6 @@ class RecorderBase(unittest.SynchronousTestCase):
 
 
 class RecorderTests(RecorderBase):
-    def test_command(self):
-        args = segmenter_args("ffmpeg", "rtsp://cam/x", SegmenterSettings(segment_seconds=2))
-        self.assertEqual(args[args.index("-protocol_whitelist") + 1], PROTOCOL_WHITELIST)
-        self.assertNotIn("file", PROTOCOL_WHITELIST.split(","))
-        self.assertEqual(args[args.index("-i") + 1], "rtsp://cam/x")
-        self.assertEqual(args[args.index("-rtsp_transport") + 1], "tcp")
-        self.assertEqual(args[args.index("-segment_list") + 1], "pipe:1")
-        self.assertIn("+frag_keyframe+empty_moov+default_base_moof", " ".join(args))
-        self.assertEqual(args[-1], "seg%06d.mp4")
-
     def test_start_waits_for_the_source(self):
         started = self.start()
         self.assertNoResult(started)

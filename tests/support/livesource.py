@@ -60,6 +60,7 @@ import time
 
 from .encoding import (
     ALL_MOUNTS,
+    FFMPEG,
     FFPROBE,
     FPS,
     GOP,
@@ -80,6 +81,18 @@ from .encoding import (
     spawn,
     video_input_args,
 )
+
+__all__ = [
+    "FFMPEG",
+    "FFPROBE",
+    "FPS",
+    "GOP",
+    "RtspServer",
+    "SourceError",
+    "UdpTsSource",
+    "ffmpeg_has_encoder",
+    "free_port",
+]
 
 # ------------------------------------------------------------- base class
 
