@@ -68,7 +68,7 @@ class Streams:
         return stream
 
     def _recorder(self, stream: Stream) -> Recorder:
-        return self.recorders.for_stream(stream.id, stream.url, listener=self)
+        return self.recorders.for_stream(stream, listener=self)
 
     async def _one_at_a_time(
         self, stream_id: int, step: Callable[[int], Coroutine[Any, Any, None]]
@@ -106,6 +106,10 @@ class Streams:
     def disk_full(self, stream_id: int) -> None:
         self.space_short()
 
+    def audio_found(self, stream_id: int, codec: str) -> None:
+        d = defer.ensureDeferred(self.store.set_source_audio(stream_id, codec))
+        d.addErrback(lambda f: log.failure("cannot record the source's audio codec", f))
+
     # -- the API's calls --------------------------------------------------------
     async def create(self, url: str, description: str, max_age: float | None = None) -> int:
         validate_source_url(url)
@@ -114,19 +118,22 @@ class Streams:
         return await self.store.create_stream(url, description, self.now(), max_age)
 
     async def list(self) -> list[dict[str, Any]]:
-        return [await self._status(stream) for stream in await self.store.list_streams()]
+        live = self.recorders.live_status
+        return [
+            stream_json(stream, totals, live(stream.id))
+            for stream, totals in await self.store.streams_with_totals()
+        ]
 
     async def status(self, stream_id: int) -> dict[str, Any]:
-        stream = await self._stream(stream_id)
         try:
-            return await self._status(stream)
+            found = await self.store.stream_with_totals(stream_id)
         except Exception as failure:
             log.failure("cannot get the status of stream {stream_id}", stream_id=stream_id)
             raise StatusUnavailable(stream_id) from failure
-
-    async def _status(self, stream: Stream) -> dict[str, Any]:
-        totals = await self.store.totals(stream.id)
-        return stream_json(stream, totals, self.recorders.live_status(stream.id))
+        if found is None:
+            raise StreamNotFound(stream_id)
+        stream, totals = found
+        return stream_json(stream, totals, self.recorders.live_status(stream_id))
 
     async def start(self, stream_id: int) -> None:
         await self._one_at_a_time(stream_id, self._start)

@@ -57,7 +57,7 @@ class APIBase(unittest.TestCase):
         self.addCleanup(pump.stop)
         return defer.ensureDeferred(self.store.migrate())
 
-    def _make_recorder(self, stream_id: int, url: str, listener: Any) -> FakeRecorder:
+    def _make_recorder(self, stream_id: int, url: str, **_: Any) -> FakeRecorder:
         recorder = self.recorders[stream_id] = FakeRecorder(self.fail_start)
         return recorder
 
@@ -367,7 +367,7 @@ class FailingRecorder(FakeRecorder):
 class APIFailureTests(APIBase):
     """The seed's 500s for a segmenter or store that fails under the API."""
 
-    def _make_recorder(self, stream_id: int, url: str, listener: Any) -> FakeRecorder:
+    def _make_recorder(self, stream_id: int, url: str, **_: Any) -> FakeRecorder:
         recorder = self.recorders[stream_id] = FailingRecorder()
         return recorder
 
@@ -384,7 +384,7 @@ class APIFailureTests(APIBase):
     @defer.inlineCallbacks
     def test_cannot_get_stream_status(self):
         stream_id = yield defer.ensureDeferred(self.create())
-        self.patch(self.store, "totals", self._broken)
+        self.patch(self.store, "stream_with_totals", self._broken)
         code, answer = yield defer.ensureDeferred(self.call("GET", f"/streams/{stream_id}/status"))
         self.assertEqual((code, answer), (500, {"error_message": "Cannot get stream status"}))
         self.flushLoggedErrors(OSError)

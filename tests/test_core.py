@@ -69,7 +69,7 @@ class StreamsTests(unittest.TestCase):
         )
         return defer.ensureDeferred(self.store.migrate())
 
-    def _make(self, stream_id: int, url: str, listener: Any) -> FakeRecorder:
+    def _make(self, stream_id: int, url: str, listener: Any, **_: Any) -> FakeRecorder:
         self.assertIs(listener, self.streams)
         recorder = self.made[stream_id] = FakeRecorder(self.fail_start)
         return recorder
@@ -208,7 +208,7 @@ class StreamsTests(unittest.TestCase):
         async def broken(stream_id: int) -> None:
             raise OSError("database is locked")
 
-        self.patch(self.store, "totals", broken)
+        self.patch(self.store, "stream_with_totals", broken)
         yield self.assertFailure(
             defer.ensureDeferred(self.streams.status(stream_id)), StatusUnavailable
         )

@@ -463,6 +463,12 @@ class Segment:
         video = self.video
         return min(video.dts[i] + video.cto[i] for i in range(len(video)))
 
+    def span(self) -> tuple[float, float]:
+        """(first video pts, end of the last video sample's presentation), seconds."""
+        video, ts = self.video, self.init.video.timescale
+        end = max(video.dts[i] + video.cto[i] + video.duration[i] for i in range(len(video)))
+        return self.first_video_pts() / ts, end / ts
+
 
 def _parse_moof(
     buf: bytes, moof_pos: int, init: Init, states: dict[int, _TrackState]
@@ -564,7 +570,4 @@ def segment_span(path: str) -> tuple[float, float]:
     Raises :class:`Mp4Error` if the file is unreadable or has no complete
     video fragment.  Used to index a segment whose close was not reported.
     """
-    seg = read_segment(path)
-    video, ts = seg.video, seg.init.video.timescale
-    end = max(video.dts[i] + video.cto[i] + video.duration[i] for i in range(len(video)))
-    return seg.first_video_pts() / ts, end / ts
+    return read_segment(path).span()

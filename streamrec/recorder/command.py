@@ -16,21 +16,66 @@ PROGRESS_FD = 3
 FRAGMENTED_MP4 = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1"
 
 
+#: Source audio recorded as it is: what MP4 and browsers take. The rest
+#: (G.711, MP3, Opus, ...) is encoded to AAC. "none": the source has no audio.
+COPIED_AUDIO = frozenset({"aac", "none"})
+
+
+#: Seconds ffmpeg reads a source to learn its streams before recording. Live
+#: MPEG-TS makes it read all of it (streams may appear at any time); one
+#: second finds the audio and video of every camera tried. A source whose
+#: parameters it did not find in time is probed longer on the next launch
+#: (:func:`needs_longer_probe`), up to ``MAX_PROBE_SECONDS``.
+PROBE_SECONDS = 1.0
+MAX_PROBE_SECONDS = 10.0
+
+#: What ffmpeg says when it gave up probing before it knew a stream's parameters.
+_SHORT_PROBE_WORDS = (
+    "could not find codec parameters",
+    "unspecified size",
+    "dimensions not set",
+    "unspecified sample rate",
+)
+
+
 @dataclass(frozen=True)
 class SegmenterSettings:
     segment_seconds: float = 2.0
     io_timeout: float = 10.0
     audio_bitrate: str = "64k"
     loglevel: str = "info"
+    probe_seconds: float = PROBE_SECONDS
 
 
-def segmenter_args(ffmpeg: str, url: str, settings: SegmenterSettings) -> list[str]:
+def needs_longer_probe(stderr_lines: list[str]) -> bool:
+    """Did ffmpeg give up because it had not probed the source long enough?"""
+    return any(word in line.lower() for line in stderr_lines for word in _SHORT_PROBE_WORDS)
+
+
+def copies_audio(source_audio: str | None) -> bool:
+    """Whether a segmenter records this source audio codec as it is (None: not known
+    yet, so it is encoded, which works for every codec)."""
+    return source_audio in COPIED_AUDIO
+
+
+def audio_args(copy: bool, settings: SegmenterSettings) -> list[str]:
+    if copy:
+        return ["-c:a", "copy"]
+    # AAC frames of 1024 samples last 128 ms at G.711's 8 kHz and the encoder
+    # delays as much again, which holds video back in the muxer and skews the
+    # wall clock; at 48 kHz both are 21 ms.
+    return ["-c:a", "aac", "-b:a", settings.audio_bitrate, "-ar", "48000"]
+
+
+def segmenter_args(
+    ffmpeg: str, url: str, settings: SegmenterSettings, copy_audio: bool = False
+) -> list[str]:
     """argv for an ffmpeg that records ``url`` into numbered fMP4 segments.
 
     It runs in the run's directory. Each closed segment is reported on stdout
     as ``name,start,end`` (csv segment list); progress goes to fd 3.
-    Video is copied; audio (AAC, G.711, ...) is encoded to AAC, since the
-    mp4 muxer refuses G.711.
+    Video is copied; audio is copied (``copy_audio``, for AAC) or encoded to
+    AAC (G.711 and the rest: the mp4 muxer refuses G.711).
     """
     return [
         ffmpeg,
@@ -40,6 +85,8 @@ def segmenter_args(ffmpeg: str, url: str, settings: SegmenterSettings) -> list[s
         "-loglevel",
         settings.loglevel,
         *input_options(url, settings.io_timeout),
+        "-analyzeduration",
+        str(int(settings.probe_seconds * 1_000_000)),
         "-i",
         url,
         "-map",
@@ -48,15 +95,7 @@ def segmenter_args(ffmpeg: str, url: str, settings: SegmenterSettings) -> list[s
         "0:a:0?",
         "-c:v",
         "copy",
-        "-c:a",
-        "aac",
-        "-b:a",
-        settings.audio_bitrate,
-        # AAC frames of 1024 samples last 128 ms at G.711's 8 kHz and the
-        # encoder delays as much again, which holds video back in the muxer and
-        # skews the wall clock; at 48 kHz both are 21 ms.
-        "-ar",
-        "48000",
+        *audio_args(copy_audio, settings),
         "-f",
         "segment",
         "-segment_time",
@@ -75,6 +114,21 @@ def segmenter_args(ffmpeg: str, url: str, settings: SegmenterSettings) -> list[s
         "0.5",
         SEGMENT_PATTERN,
     ]
+
+
+def input_audio(lines: list[str]) -> str | None:
+    """The codec of the first audio stream of ffmpeg's input, from its ``Input #0``
+    report (``"none"`` when it has none); None until the report is complete."""
+    codec = None
+    for index, line in enumerate(lines):
+        if line.startswith("Input #0"):
+            for later in lines[index + 1 :]:
+                if not later.startswith(" "):
+                    return codec or "none"
+                if codec is None and later.lstrip().startswith("Stream #0:") and "Audio: " in later:
+                    codec = later.split("Audio: ", 1)[1].split()[0].rstrip(",")
+            return None
+    return None
 
 
 def is_segmenter(argv: list[bytes]) -> bool:

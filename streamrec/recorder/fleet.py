@@ -7,9 +7,10 @@ from typing import Any
 
 from twisted.internet import defer
 
+from ..store import Stream
 from .supervisor import Recorder, RecorderListener
 
-#: ``make(stream_id, url, listener=...)``: a new recorder for a stream.
+#: ``make(stream_id, url, listener=..., source_audio=...)``: a new recorder for a stream.
 MakeRecorder = Callable[..., Recorder]
 
 
@@ -21,10 +22,12 @@ class Recorders:
     def get(self, stream_id: int) -> Recorder | None:
         return self.by_stream.get(stream_id)
 
-    def for_stream(self, stream_id: int, url: str, listener: RecorderListener) -> Recorder:
-        recorder = self.by_stream.get(stream_id)
+    def for_stream(self, stream: Stream, listener: RecorderListener) -> Recorder:
+        recorder = self.by_stream.get(stream.id)
         if recorder is None:
-            recorder = self.by_stream[stream_id] = self.make(stream_id, url, listener=listener)
+            recorder = self.by_stream[stream.id] = self.make(
+                stream.id, stream.url, listener=listener, source_audio=stream.source_audio
+            )
         return recorder
 
     def is_recording(self, stream_id: int) -> bool:

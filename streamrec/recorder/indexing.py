@@ -22,6 +22,9 @@ from .validate import InvalidSegment, validate_segment
 
 log = Logger(namespace="streamrec.recorder")
 
+#: One segment in this many is also decoded, whatever its structure says.
+DECODE_EVERY = 50
+
 
 @dataclass(frozen=True)
 class Checked:
@@ -52,18 +55,27 @@ class SegmentChecker:
         layout: SegmentLayout,
         run_blocking: Callable[..., defer.Deferred[Any]],
         max_duration: float,
-        validate: Callable[[str, float], tuple[float, float]] = validate_segment,
+        validate: Callable[[str, float, bool], tuple[float, float]] = validate_segment,
+        decode_every: int = DECODE_EVERY,
     ) -> None:
         self.layout = layout
         self.run_blocking = run_blocking
         self.max_duration = max_duration
         self.validate = validate
+        self.decode_every = decode_every
+        self.checked = 0
 
-    async def check(self, path: str, who: str = "") -> Checked:
-        """Validate ``path``; a bad segment is moved to quarantine (and logged)."""
+    async def check(self, path: str, who: str = "", thorough: bool = False) -> Checked:
+        """Validate ``path``; a bad segment is moved to quarantine (and logged).
+
+        The structure of every segment is checked; one in ``decode_every``
+        (and every ``thorough`` check) is also decoded.
+        """
+        self.checked += 1
+        decode = thorough or self.checked % self.decode_every == 1
         try:
             size = os.path.getsize(path)
-            first, end = await self.run_blocking(self.validate, path, self.max_duration)
+            first, end = await self.run_blocking(self.validate, path, self.max_duration, decode)
         except InvalidSegment as failure:
             return self._set_aside(path, str(failure), who)
         except OSError as failure:

@@ -98,7 +98,7 @@ async def _recover_run(
         path = os.path.join(directory, name)
         if path in indexed:
             continue
-        checked = await checker.check(path)
+        checked = await checker.check(path, thorough=True)
         if checked.quarantined_to is not None:
             report.quarantined.append(path)
         if not checked.ok:

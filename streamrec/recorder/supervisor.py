@@ -12,8 +12,9 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -24,7 +25,15 @@ from twisted.python.failure import Failure
 from ..errors import CannotStart
 from ..media.ffmpeg import FfmpegChild, spawn
 from ..store import SqlStore
-from .command import PROGRESS_FD, SegmenterSettings, segmenter_args
+from .command import (
+    MAX_PROBE_SECONDS,
+    PROGRESS_FD,
+    SegmenterSettings,
+    copies_audio,
+    input_audio,
+    needs_longer_probe,
+    segmenter_args,
+)
 from .indexing import Checked, SegmentChecker
 from .layout import SegmentLayout, segment_index
 from .timeline import RunClock
@@ -36,6 +45,12 @@ STARTING = "starting"
 RECORDING = "recording"
 RECONNECTING = "reconnecting"
 DISK_FULL = "disk_full"
+
+#: Seconds before a run that recorded is launched again after it ended.
+QUICK_RESTART = 0.1
+
+#: Lines of ffmpeg's input report read at most to find the audio codec.
+MAX_INPUT_REPORT = 200
 
 DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded")
 
@@ -67,6 +82,8 @@ class RecorderListener(Protocol):
     def state_changed(self, stream_id: int, state: str, error: str | None) -> None: ...
 
     def disk_full(self, stream_id: int) -> None: ...
+
+    def audio_found(self, stream_id: int, codec: str) -> None: ...
 
 
 @dataclass
@@ -107,6 +124,11 @@ class Run:
     directory: str
     clock: RunClock
     child: FfmpegChild
+    copy_audio: bool = False
+    # ffmpeg's report of its input, collected until it is complete.
+    input_report: list[str] | None = None
+    # Ended on purpose before it recorded, to launch again with other audio options.
+    relaunch: str | None = None
     last_index: int = -1
     segments: int = 0
     opened: bool = False
@@ -146,6 +168,7 @@ class Recorder:
         backoff: Backoff | None = None,
         reconnect_max: float = 30.0,
         launcher: Sequence[str] = (),
+        source_audio: str | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.url = url
@@ -161,6 +184,7 @@ class Recorder:
         self.stall_timeout = stall_timeout or max(20.0, 5 * settings.segment_seconds)
         self.backoff = backoff or Backoff(cap=reconnect_max)
         self.launcher = list(launcher)
+        self.source_audio = source_audio
         self.wanted = False
         self.state = STOPPED
         self.last_error: str | None = None
@@ -303,9 +327,10 @@ class Recorder:
             await self.store.close_run(run_id, self.now(), "stopped before it started")
             raise CannotStart("stopped while starting")
         directory = self.layout.run_dir(self.stream_id, run_id)
-        args = self.launcher + segmenter_args(self.ffmpeg, self.url, self.settings)
+        copy = copies_audio(self.source_audio)
+        args = self.launcher + segmenter_args(self.ffmpeg, self.url, self.settings, copy)
         child = FfmpegChild(self.reactor, lambda fd, line: self._line(run, fd, line))
-        run = Run(run_id, directory, RunClock(started_at=self.now()), child)
+        run = Run(run_id, directory, RunClock(started_at=self.now()), child, copy_audio=copy)
         child.ended.addCallback(lambda reason: self._ended(run, reason))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -378,11 +403,31 @@ class Recorder:
             self._opened(run)
 
     def _log_line(self, run: Run, line: str) -> None:
+        if run.input_report is not None or line.startswith("Input #0"):
+            self._input_line(run, line)
         if any(words in line.lower() for words in DISK_FULL_WORDS):
             run.disk_full = line.strip()
         run.stderr_tail.append(line)
         del run.stderr_tail[:-20]
         self._log_child(line)
+
+    def _input_line(self, run: Run, line: str) -> None:
+        """Collect ffmpeg's report of its input; once complete, learn the source's
+        audio codec, and launch again at once if it wants other options."""
+        report = run.input_report = (run.input_report or []) + [line]
+        codec = input_audio(report)
+        if codec is None and len(report) < MAX_INPUT_REPORT:
+            return
+        run.input_report = None
+        if codec is None:
+            return
+        if codec != self.source_audio:
+            self.source_audio = codec
+            self.listener.audio_found(self.stream_id, codec)
+        if copies_audio(codec) != run.copy_audio and run.segments == 0 and not run.held:
+            how = "copied" if copies_audio(codec) else "encoded to AAC"
+            run.relaunch = f"the source's audio is {codec}: relaunching with it {how}"
+            run.child.stop("KILL", self.kill_timeout)
 
     def _log_child(self, line: str) -> None:
         if line.strip():
@@ -398,10 +443,43 @@ class Recorder:
             waiter.callback(None)
 
     def _ended(self, run: Run, reason: BaseException | None) -> None:
-        if run.clock.settle():
-            self._release(run)
-        self._later(run, self._run_ended, run, reason)
+        if (
+            run.relaunch is None
+            and not (run.segments or run.held)
+            and needs_longer_probe(run.stderr_tail)
+        ):
+            probe = self._probe_longer()
+            if probe is not None:
+                run.relaunch = f"ffmpeg did not learn the source in time: probing {probe:g} s"
+        if run.relaunch is not None:
+            self._later(run, self._relaunched, run)
+        else:
+            if run.clock.settle():
+                self._release(run)
+            self._later(run, self._run_ended, run, reason)
         run.chain.addBoth(lambda _: run.done.callback(None))
+
+    async def _relaunched(self, run: Run) -> None:
+        """A run ended before it recorded, to launch again with the right audio
+        options; whoever waited for the first waits for the next."""
+        waiters, run.waiters = run.waiters, []
+        log.info("stream {stream_id}: {why}", stream_id=self.stream_id, why=run.relaunch)
+        await self.store.close_run(run.run_id, self.now(), f"relaunched: {run.relaunch}")
+        shutil.rmtree(run.directory, ignore_errors=True)  # its header, no samples
+        if run is not self.run or not self.wanted:
+            for waiter in waiters:
+                waiter.errback(CannotStart("stopped while starting"))
+            return
+        try:
+            again = await self._launch()
+        except CannotStart as failure:
+            for waiter in waiters:
+                waiter.errback(failure)
+            if not waiters:
+                self._set_state(RECONNECTING, failure.reason)
+                self._schedule_restart()
+            return
+        again.waiters.extend(waiters)
 
     async def _run_ended(self, run: Run, reason: BaseException | None) -> None:
         if run is self.run:
@@ -417,18 +495,30 @@ class Recorder:
                 waiter.errback(CannotStart(why))
             if run is self.run and self.wanted and not waiters:
                 # Recording ended by itself: reconnect (a failed first start is
-                # reported by start() instead).
-                if run.segments:
-                    self.backoff.reset()
+                # reported by start() instead). A run that recorded is launched
+                # again at once: the archive has a gap until it is.
                 if run.disk_full:
                     self._set_state(DISK_FULL, f"disk full: {run.disk_full}")
                     self.listener.disk_full(self.stream_id)
                 else:
                     self._set_state(RECONNECTING, why)
-                self._schedule_restart()
+                if run.segments:
+                    self.backoff.reset()
+                    self._schedule_restart(QUICK_RESTART)
+                else:
+                    self._schedule_restart()
 
-    def _schedule_restart(self) -> None:
-        delay = self.backoff.next_delay()
+    def _probe_longer(self) -> float | None:
+        """Probe sources twice as long from now on; the new length, or None at the cap."""
+        probe = min(MAX_PROBE_SECONDS, self.settings.probe_seconds * 2)
+        if probe <= self.settings.probe_seconds:
+            return None
+        self.settings = replace(self.settings, probe_seconds=probe)
+        return probe
+
+    def _schedule_restart(self, delay: float | None = None) -> None:
+        if delay is None:
+            delay = self.backoff.next_delay()
         log.info(
             "stream {stream_id}: reconnecting in {delay:.1f}s",
             stream_id=self.stream_id,

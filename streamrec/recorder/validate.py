@@ -1,35 +1,69 @@
-"""Checking a segment before it is indexed."""
+"""Checking a segment before it is indexed: from its structure, decoding only
+when something looks wrong or when asked to.
+
+The fragment tables the clip builder reads are what is checked: at least
+one complete fragment (a truncated tail is already left out), every sample's
+bytes inside the file and none empty, a plausible duration, parameter sets
+in the sample entry, and a key frame first. A segment that passes all of
+that decodes; a decode (PyAV, one frame) is still run when the parameter
+sets may be in band, when the first sample is not a key frame, or when the
+caller asks for one (a sample of segments, and every file recovery finds).
+"""
 
 from __future__ import annotations
 
 import av
 
-from ..media.fmp4 import Mp4Error, segment_span
+from ..media.fmp4 import Mp4Error, Segment, read_segment
+from ..media.sampleentry import video_config
 
 
 class InvalidSegment(Exception):
     """A segment that must not be served; the message says why."""
 
 
-def validate_segment(path: str, max_duration: float) -> tuple[float, float]:
-    """``(first, end)`` media times of a segment that parses and decodes.
+def structure_problems(segment: Segment) -> tuple[list[str], list[str]]:
+    """``(problems, doubts)``: what makes the segment unusable, and what only a
+    decode can settle."""
+    problems: list[str] = []
+    doubts: list[str] = []
+    video = segment.video
+    if any(size == 0 for size in video.size):
+        problems.append("empty video samples")
+    config = video_config(segment.init.video.stsd)
+    if config.in_band:
+        doubts.append(f"{config.fourcc.decode('latin-1')}: parameter sets in band")
+    elif not config.parameter_sets:
+        problems.append("no parameter sets (SPS/PPS) in the sample entry")
+    if not video.sync[0]:
+        doubts.append("does not start with a key frame")
+    return problems, doubts
 
-    Raises InvalidSegment for a file with no complete fragment, an absurd
-    duration, or video that does not decode.
-    """
+
+def validate_segment(path: str, max_duration: float, decode: bool = False) -> tuple[float, float]:
+    """``(first, end)`` media times of a usable segment; InvalidSegment otherwise."""
     try:
-        first, end = segment_span(path)
+        segment = read_segment(path)
     except Mp4Error as error:
         raise InvalidSegment(str(error)) from None
+    first, end = segment.span()
     duration = end - first
     if not 0 < duration <= max_duration:
         raise InvalidSegment(f"{path}: duration {duration:.3f} s is not plausible")
+    problems, doubts = structure_problems(segment)
+    if problems:
+        raise InvalidSegment(f"{path}: {'; '.join(problems)}")
+    if decode or doubts:
+        decodes(path)
+    return first, end
+
+
+def decodes(path: str) -> None:
+    """Raise InvalidSegment unless a video frame of ``path`` decodes."""
     try:
         with av.open(path) as container:
             for _frame in container.decode(video=0):
-                break
-            else:
-                raise InvalidSegment(f"{path}: no video frame decodes")
+                return
     except av.FFmpegError as error:
         raise InvalidSegment(f"{path}: {error}") from None
-    return first, end
+    raise InvalidSegment(f"{path}: no video frame decodes")

@@ -35,6 +35,7 @@ class Stream:
     wanted: bool
     last_error: str | None
     max_age: float | None = None
+    source_audio: str | None = None  # the audio codec last seen ("none": no audio)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ class SqlStore:
 
     # -- streams --------------------------------------------------------
     _STREAM_COLUMNS = (
-        "id, url, description, create_date, start_date, stop_date, wanted, last_error, max_age"
+        "id, url, description, create_date, start_date, stop_date, wanted, last_error, max_age,"
+        " source_audio"
     )
 
     @staticmethod
@@ -183,6 +185,7 @@ class SqlStore:
             wanted=bool(row[6]),
             last_error=row[7],
             max_age=row[8],
+            source_audio=row[9],
         )
 
     @staticmethod
@@ -190,15 +193,20 @@ class SqlStore:
         new_id: int = yield Insert(query, params)
         return new_id
 
+    def _create_stream(
+        self, url: str, description: str, now: float, max_age: float | None
+    ) -> Steps[int]:
+        stream_id: int = yield Insert(
+            "INSERT INTO streams (url, description, create_date, max_age) VALUES (?, ?, ?, ?)",
+            (url, description, now, max_age),
+        )
+        yield Query("INSERT INTO stream_totals (stream_id) VALUES (?)", (stream_id,))
+        return stream_id
+
     async def create_stream(
         self, url: str, description: str, now: float, max_age: float | None = None
     ) -> int:
-        return await self._transaction(
-            self._insert(
-                "INSERT INTO streams (url, description, create_date, max_age) VALUES (?, ?, ?, ?)",
-                (url, description, now, max_age),
-            )
-        )
+        return await self._transaction(self._create_stream(url, description, now, max_age))
 
     async def get_stream(self, stream_id: int) -> Stream | None:
         rows = await self._query(
@@ -210,6 +218,27 @@ class SqlStore:
         rows = await self._query(f"SELECT {self._STREAM_COLUMNS} FROM streams ORDER BY id")
         return [self._stream(row) for row in rows]
 
+    _WITH_TOTALS = (
+        f"SELECT {', '.join('streams.' + c.strip() for c in _STREAM_COLUMNS.split(','))},"
+        " stream_totals.segments, stream_totals.seconds, stream_totals.bytes,"
+        " stream_totals.first_start, stream_totals.last_end"
+        " FROM streams JOIN stream_totals ON stream_totals.stream_id = streams.id"
+    )
+
+    @classmethod
+    def _with_totals(cls, row: Sequence[Any]) -> tuple[Stream, Totals]:
+        count, seconds, size, first, last = row[10:]
+        return cls._stream(row[:10]), Totals(int(count), float(seconds), int(size), first, last)
+
+    async def streams_with_totals(self) -> list[tuple[Stream, Totals]]:
+        """Every stream and what it has recorded, in one query, ordered by id."""
+        rows = await self._query(self._WITH_TOTALS + " ORDER BY streams.id")
+        return [self._with_totals(row) for row in rows]
+
+    async def stream_with_totals(self, stream_id: int) -> tuple[Stream, Totals] | None:
+        rows = await self._query(self._WITH_TOTALS + " WHERE streams.id = ?", (stream_id,))
+        return self._with_totals(rows[0]) if rows else None
+
     async def mark_started(self, stream_id: int, now: float) -> None:
         await self._operation(
             "UPDATE streams SET wanted = 1, start_date = ?, stop_date = NULL, last_error = NULL"
@@ -220,6 +249,11 @@ class SqlStore:
     async def mark_stopped(self, stream_id: int, now: float) -> None:
         await self._operation(
             "UPDATE streams SET wanted = 0, stop_date = ? WHERE id = ?", (now, stream_id)
+        )
+
+    async def set_source_audio(self, stream_id: int, codec: str) -> None:
+        await self._operation(
+            "UPDATE streams SET source_audio = ? WHERE id = ?", (codec, stream_id)
         )
 
     async def set_last_error(self, stream_id: int, error: str | None) -> None:
@@ -272,13 +306,42 @@ class SqlStore:
         rows = await self._query(query + " ORDER BY end_time, id LIMIT ?", (*params, limit))
         return [Segment(*row) for row in rows]
 
+    def _delete_segments(self, segment_ids: Sequence[int]) -> Steps[None]:
+        marks = ", ".join("?" for _ in segment_ids)
+        gone = yield Query(
+            "SELECT stream_id, COUNT(*), SUM(end_time - start_time), SUM(bytes) FROM segments"
+            f" WHERE id IN ({marks}) GROUP BY stream_id",
+            tuple(segment_ids),
+        )
+        yield Query(f"DELETE FROM segments WHERE id IN ({marks})", tuple(segment_ids))
+        for stream_id, count, seconds, size in gone:
+            yield Query(
+                "UPDATE stream_totals SET segments = segments - ?, seconds = seconds - ?,"
+                " bytes = bytes - ? WHERE stream_id = ?",
+                (count, seconds, size, stream_id),
+            )
+            yield from self._refresh_ends(stream_id)
+
+    def _refresh_ends(self, stream_id: int) -> Steps[None]:
+        """Recompute a stream's first and last recorded instants (two index lookups:
+        a stream's segments do not overlap, so the first to end is the first to start)."""
+        yield Query(
+            "UPDATE stream_totals SET"
+            " first_start = (SELECT start_time FROM segments WHERE stream_id = ?"
+            " ORDER BY end_time LIMIT 1),"
+            " last_end = (SELECT MAX(end_time) FROM segments WHERE stream_id = ?),"
+            " seconds = CASE WHEN segments = 0 THEN 0 ELSE seconds END"
+            " WHERE stream_id = ?",
+            (stream_id, stream_id, stream_id),
+        )
+
     async def delete_segments(self, segment_ids: Sequence[int]) -> None:
+        """Delete segment rows; the streams' totals follow in the same transaction."""
         if segment_ids:
-            marks = ", ".join("?" for _ in segment_ids)
-            await self._operation(f"DELETE FROM segments WHERE id IN ({marks})", segment_ids)
+            await self._transaction(self._delete_segments(segment_ids))
 
     async def segment_bytes(self) -> int:
-        rows = await self._query("SELECT COALESCE(SUM(bytes), 0) FROM segments")
+        rows = await self._query("SELECT COALESCE(SUM(bytes), 0) FROM stream_totals")
         return int(rows[0][0])
 
     async def clips_created_before(self, before: float) -> list[tuple[int, str]]:
@@ -302,24 +365,44 @@ class SqlStore:
         """The job's clips are gone; asking again builds it anew."""
         await self._transaction(self._expire_job(job_id, now))
 
+    def _add_segment(
+        self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
+    ) -> Steps[int]:
+        segment_id: int = yield Insert(
+            "INSERT INTO segments (stream_id, run_id, path, start_time, end_time, bytes)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (stream_id, run_id, path, start, end, size),
+        )
+        yield Query(
+            "UPDATE stream_totals SET segments = segments + 1, seconds = seconds + ?,"
+            " bytes = bytes + ?,"
+            " first_start = CASE WHEN first_start IS NULL OR ? < first_start"
+            " THEN ? ELSE first_start END,"
+            " last_end = CASE WHEN last_end IS NULL OR ? > last_end THEN ? ELSE last_end END"
+            " WHERE stream_id = ?",
+            (end - start, size, start, start, end, end, stream_id),
+        )
+        return segment_id
+
     async def add_segment(
         self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
     ) -> int:
-        return await self._transaction(
-            self._insert(
-                "INSERT INTO segments (stream_id, run_id, path, start_time, end_time, bytes)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (stream_id, run_id, path, start, end, size),
-            )
-        )
+        """Index a segment; the stream's totals follow in the same transaction."""
+        return await self._transaction(self._add_segment(stream_id, run_id, path, start, end, size))
 
-    async def shift_run(self, run_id: int, delta: float) -> None:
-        """Move every segment of a run by ``delta`` seconds (a better clock anchor)."""
-        await self._operation(
+    def _shift_run(self, run_id: int, delta: float) -> Steps[None]:
+        yield Query(
             "UPDATE segments SET start_time = start_time + ?, end_time = end_time + ?"
             " WHERE run_id = ?",
             (delta, delta, run_id),
         )
+        rows = yield Query("SELECT stream_id FROM runs WHERE id = ?", (run_id,))
+        if rows:
+            yield from self._refresh_ends(rows[0][0])
+
+    async def shift_run(self, run_id: int, delta: float) -> None:
+        """Move every segment of a run by ``delta`` seconds (a better clock anchor)."""
+        await self._transaction(self._shift_run(run_id, delta))
 
     async def segments_between(self, stream_id: int, start: float, stop: float) -> list[Segment]:
         """Segments that overlap [start, stop), ordered by time."""
@@ -332,17 +415,17 @@ class SqlStore:
         return [Segment(*row) for row in rows]
 
     async def last_segment_end(self, stream_id: int) -> float | None:
-        rows = await self._query(
-            "SELECT MAX(end_time) FROM segments WHERE stream_id = ?", (stream_id,)
-        )
-        return rows[0][0]
+        return (await self.totals(stream_id)).last
 
     async def totals(self, stream_id: int) -> Totals:
+        """What a stream has recorded (kept, not summed: one row read)."""
         rows = await self._query(
-            "SELECT COUNT(*), COALESCE(SUM(end_time - start_time), 0), COALESCE(SUM(bytes), 0),"
-            " MIN(start_time), MAX(end_time) FROM segments WHERE stream_id = ?",
+            "SELECT segments, seconds, bytes, first_start, last_end FROM stream_totals"
+            " WHERE stream_id = ?",
             (stream_id,),
         )
+        if not rows:
+            return Totals(0, 0.0, 0, None, None)
         count, seconds, size, first, last = rows[0]
         return Totals(int(count), float(seconds), int(size), first, last)
 

@@ -99,6 +99,7 @@ class Listener:
     def __init__(self) -> None:
         self.states: list[tuple[str, str | None]] = []
         self.segments: list[tuple[float, float]] = []
+        self.audio: list[str] = []
 
     def segment_closed(self, stream_id, segment_id, path, start, end) -> None:
         self.segments.append((start, end))
@@ -108,6 +109,9 @@ class Listener:
 
     def disk_full(self, stream_id) -> None:
         self.states.append(("disk_full called", None))
+
+    def audio_found(self, stream_id, codec) -> None:
+        self.audio.append(codec)
 
 
 class RecorderBase(unittest.SynchronousTestCase):
@@ -138,7 +142,7 @@ class RecorderBase(unittest.SynchronousTestCase):
             backoff=Backoff(initial=1, factor=2, cap=30, jitter=0),
         )
 
-    def _validate(self, path: str, max_duration: float) -> tuple[float, float]:
+    def _validate(self, path: str, max_duration: float, decode: bool) -> tuple[float, float]:
         name = os.path.basename(path)
         if name not in self.spans:
             raise InvalidSegment(f"{path}: no complete fragment")
@@ -292,7 +296,7 @@ class RecorderTests(RecorderBase):
             self.reactor.processes[-1].exit(1)
         self.assertEqual(delays, [1, 2, 4, 8, 16, 30, 30, 30])
         self.assertEqual(self.recorder.reconnects, 8)
-        # A run that records again resets the backoff.
+        # A run that recorded is launched again at once, and resets the backoff.
         while len(self.reactor.processes) == 9:
             self.reactor.advance(0.25)
         process = self.reactor.processes[-1]
@@ -303,6 +307,11 @@ class RecorderTests(RecorderBase):
         process.exit(1)
         before = self.reactor.seconds()
         while len(self.reactor.processes) == 10:
+            self.reactor.advance(0.05)
+        self.assertAlmostEqual(self.reactor.seconds() - before, 0.1)
+        self.reactor.processes[-1].exit(1)  # and fails: the backoff starts again
+        before = self.reactor.seconds()
+        while len(self.reactor.processes) == 11:
             self.reactor.advance(0.25)
         self.assertEqual(self.reactor.seconds() - before, 1)
         stopped = defer.ensureDeferred(self.recorder.stop())
@@ -497,3 +506,110 @@ class RecorderRaceTests(RecorderBase):
         self.assertIn("database or disk is full", failure.value.reason)
         self.assertFalse(self.recorder.wanted)
         self.assertEqual(self.recorder.state, STOPPED)
+
+
+INPUT_REPORT = """Input #0, rtsp, from 'rtsp://127.0.0.1:8554/cam':
+  Metadata:
+    title           : Session streamed with GStreamer
+  Duration: N/A, start: 0.000000, bitrate: N/A
+  Stream #0:0: Video: h264 (Constrained Baseline), yuv420p(progressive), 320x240, 25 fps
+  Stream #0:1: Audio: {codec}, 8000 Hz, mono, s16, 64 kb/s
+[segment @ 0x5600] Opening 'seg000000.mp4' for writing
+"""
+
+
+class SourceAudioTests(RecorderBase):
+    """AAC is copied, the rest encoded; the codec is learned from ffmpeg's report."""
+
+    def audio_of(self, process: FakeProcess) -> list[str]:
+        args = process.args
+        return args[args.index("-c:a") : args.index("-c:a") + 2]
+
+    def test_unknown_audio_is_encoded_then_copied_once_known(self):
+        started = self.start()
+        [first] = self.reactor.processes
+        self.assertEqual(self.audio_of(first), ["-c:a", "aac"])
+        os.makedirs(first.path, exist_ok=True)
+        open(os.path.join(first.path, "seg000000.mp4"), "wb").close()  # its header
+        first.say(2, INPUT_REPORT.format(codec="aac (LC)"))
+        self.assertEqual(first.signals, ["KILL"])
+        self.assertEqual(self.listener.audio, ["aac"])
+        first.exit(signal=9)
+        self.assertNoResult(started)
+        second = self.reactor.processes[1]
+        self.assertEqual(self.audio_of(second), ["-c:a", "copy"])
+        self.assertFalse(os.path.exists(first.path), "the first run left nothing")
+        self.assertIn("relaunched: the source's audio is aac", self.store.closed_runs[0][1])
+        second.opened()
+        self.successResultOf(started)
+        self.assertEqual(self.recorder.state, RECORDING)
+        second.say(2, INPUT_REPORT.format(codec="aac (LC)"))
+        self.assertEqual(second.signals, [])
+
+    def test_known_aac_is_copied_from_the_start_and_g711_encoded(self):
+        self.recorder.source_audio = "aac"
+        started = self.start()
+        [first] = self.reactor.processes
+        self.assertEqual(self.audio_of(first), ["-c:a", "copy"])
+        first.say(2, INPUT_REPORT.format(codec="pcm_alaw"))  # the camera was reconfigured
+        first.exit(signal=9)
+        second = self.reactor.processes[1]
+        self.assertEqual(self.audio_of(second), ["-c:a", "aac"])
+        self.assertEqual(self.listener.audio, ["pcm_alaw"])
+        second.opened()
+        self.successResultOf(started)
+
+    def test_no_relaunch_once_recording(self):
+        started = self.start()
+        [process] = self.reactor.processes
+        process.opened()
+        self.successResultOf(started)
+        self.reactor.advance(2.05)
+        self.write_segment(process, "seg000000.mp4", (0.0, 2.0))
+        process.say(1, "seg000000.mp4,0.0,2.0\n")
+        process.say(2, INPUT_REPORT.format(codec="aac (LC)"))
+        self.assertEqual(process.signals, [])
+        self.assertEqual(self.recorder.source_audio, "aac", "the next launch copies")
+
+    def test_a_source_without_audio(self):
+        started = self.start()
+        [first] = self.reactor.processes
+        report = INPUT_REPORT.format(codec="x").splitlines()
+        first.say(2, "\n".join(line for line in report if "Audio" not in line) + "\n")
+        self.assertEqual(self.listener.audio, ["none"])
+        first.exit(signal=9)
+        self.assertEqual(self.audio_of(self.reactor.processes[1]), ["-c:a", "copy"])
+        self.reactor.processes[1].opened()
+        self.successResultOf(started)
+
+
+class ProbeTests(RecorderBase):
+    def probe_of(self, process: FakeProcess) -> float:
+        return int(process.args[process.args.index("-analyzeduration") + 1]) / 1e6
+
+    def test_a_source_not_learned_in_time_is_probed_longer(self):
+        started = self.start()
+        [first] = self.reactor.processes
+        self.assertEqual(self.probe_of(first), 1.0)
+        first.say(
+            2, "[h264 @ 0x1] Could not find codec parameters for stream 0: unspecified size\n"
+        )
+        first.exit(1)
+        self.assertNoResult(started)  # still starting: launched again with a longer probe
+        second = self.reactor.processes[1]
+        self.assertEqual(self.probe_of(second), 2.0)
+        second.opened()
+        self.successResultOf(started)
+        second.exit(1)
+        self.reactor.advance(1)
+        self.assertEqual(self.probe_of(self.reactor.processes[2]), 2.0, "kept for later runs")
+
+    def test_the_probe_has_a_ceiling(self):
+        started = self.start()
+        for expected in (1.0, 2.0, 4.0, 8.0, 10.0):
+            process = self.reactor.processes[-1]
+            self.assertEqual(self.probe_of(process), expected)
+            process.say(2, "Could not find codec parameters for stream 0\n")
+            process.exit(1)
+        self.failureResultOf(started, CannotStart)
+        self.assertEqual(len(self.reactor.processes), 5)

@@ -104,10 +104,10 @@ class StoreTestsMixin:
     # -- schema ---------------------------------------------------------
     @run
     async def test_migrate_is_idempotent(self) -> None:
-        self.assertEqual(self.version, 2)
-        self.assertEqual(await self.store.migrate(), 2)
+        self.assertEqual(self.version, 4)
+        self.assertEqual(await self.store.migrate(), 4)
         rows = await self.store._query("SELECT version FROM schema_version ORDER BY version")
-        self.assertEqual([row[0] for row in rows], [1, 2])
+        self.assertEqual([row[0] for row in rows], [1, 2, 3, 4])
         self.assertEqual(await self.store.list_streams(), [])
 
     @run
@@ -158,6 +158,11 @@ class StoreTestsMixin:
             (stopped.wanted, stopped.start_date, stopped.stop_date, stopped.last_error),
             (False, NOW + 5, NOW + 9, "camera gone"),
         )
+        self.assertIsNone(stopped.source_audio)
+        await self.store.set_source_audio(first, "pcm_alaw")
+        learned = await self.store.get_stream(first)
+        assert learned is not None
+        self.assertEqual(learned.source_audio, "pcm_alaw")
 
     # -- runs and segments ----------------------------------------------
     @run
@@ -235,6 +240,58 @@ class StoreTestsMixin:
         left = await self.store.oldest_segments(10)
         self.assertEqual([s.end for s in left], [NOW + 3, NOW + 6])
         self.assertEqual(await self.store.segment_bytes(), 152)
+
+    async def summed(self, stream: int) -> tuple[Any, ...]:
+        """What the totals must say, summed from the segments themselves."""
+        rows = await self.store._query(
+            "SELECT COUNT(*), COALESCE(SUM(end_time - start_time), 0), COALESCE(SUM(bytes), 0),"
+            " MIN(start_time), MAX(end_time) FROM segments WHERE stream_id = ?",
+            (stream,),
+        )
+        count, seconds, size, first, last = rows[0]
+        return int(count), round(float(seconds), 6), int(size), first, last
+
+    async def kept(self, stream: int) -> tuple[Any, ...]:
+        t = await self.store.totals(stream)
+        return t.segments, round(t.seconds, 6), t.bytes, t.first, t.last
+
+    @run
+    async def test_totals_follow_every_change(self) -> None:
+        stream, run_id = await self.recording()
+        other = await self.store.create_stream("rtsp://cam/2", "", NOW)
+        self.assertEqual(await self.kept(other), (0, 0.0, 0, None, None))
+        other_run = await self.store.open_run(other, NOW)
+        await self.store.add_segment(other, other_run, "/data/o.mp4", NOW + 1, NOW + 3, 50)
+        for check in (stream, other):
+            self.assertEqual(await self.kept(check), await self.summed(check))
+        await self.store.shift_run(run_id, -0.5)
+        self.assertEqual(await self.kept(stream), await self.summed(stream))
+        self.assertEqual((await self.store.totals(stream)).first, NOW - 0.5)
+        oldest = await self.store.oldest_segments(2, stream_id=stream)
+        await self.store.delete_segments([s.id for s in oldest] + [])
+        self.assertEqual(await self.kept(stream), await self.summed(stream))
+        self.assertEqual((await self.store.totals(stream)).first, NOW + 3.5)
+        everything = await self.store.oldest_segments(10)
+        await self.store.delete_segments([s.id for s in everything])
+        for check in (stream, other):
+            self.assertEqual(await self.kept(check), (0, 0.0, 0, None, None))
+        self.assertEqual(await self.store.segment_bytes(), 0)
+        listed = await self.store.streams_with_totals()
+        self.assertEqual([(s.id, t.segments) for s, t in listed], [(stream, 0), (other, 0)])
+        found = await self.store.stream_with_totals(stream)
+        assert found is not None
+        self.assertEqual(found[0].url, "rtsp://cam/1")
+        self.assertIsNone(await self.store.stream_with_totals(other + 1))
+
+    @run
+    async def test_totals_of_an_older_archive_are_counted_once(self) -> None:
+        stream, _ = await self.recording()
+        # As a version 2 database had it: segments, no totals.
+        await self.store._operation("DROP TABLE stream_totals")
+        await self.store._operation("DELETE FROM schema_version WHERE version >= 3")
+        await self.store._operation("ALTER TABLE streams DROP COLUMN source_audio")
+        self.assertEqual(await self.store.migrate(), 4)
+        self.assertEqual(await self.kept(stream), (3, 6.0, 303, NOW, NOW + 6))
 
     # -- clip jobs ------------------------------------------------------
     async def job(self, stream: int, start: float, stop: float | None, **kw: Any) -> Any:
