@@ -12,8 +12,10 @@ PROGRESS_FD = 3
 
 # Fragmented MP4: clips are cut from the moof/trun sample tables without
 # remuxing, and a killed ffmpeg leaves every fragment (one per GOP) on disk:
-# the segment's own muxer flushes each one as it is written.
-FRAGMENTED_MP4 = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1"
+# the segment's own muxer flushes each one as it is written. delay_moov: the
+# init moov waits for the first fragment, so AAC copied from ADTS (MPEG-TS
+# sources) has its AudioSpecificConfig in the first segment of a run too.
+FRAGMENTED_MP4 = "movflags=+frag_keyframe+empty_moov+default_base_moof+delay_moov:flush_packets=1"
 
 
 #: Source audio recorded as it is: what MP4 and browsers take. The rest
@@ -53,9 +55,10 @@ def needs_longer_probe(stderr_lines: list[str]) -> bool:
 
 
 def copies_audio(source_audio: str | None) -> bool:
-    """Whether a segmenter records this source audio codec as it is (None: not known
-    yet, so it is encoded, which works for every codec)."""
-    return source_audio in COPIED_AUDIO
+    """Whether a segmenter records this source audio codec as it is. A source not
+    seen yet (None) is copied: most cameras send AAC, and a segmenter that finds
+    another codec is launched again, before it records, to encode it."""
+    return source_audio is None or source_audio in COPIED_AUDIO
 
 
 def audio_args(copy: bool, settings: SegmenterSettings) -> list[str]:

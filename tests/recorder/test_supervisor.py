@@ -525,37 +525,45 @@ class SourceAudioTests(RecorderBase):
         args = process.args
         return args[args.index("-c:a") : args.index("-c:a") + 2]
 
-    def test_unknown_audio_is_encoded_then_copied_once_known(self):
-        started = self.start()
-        [first] = self.reactor.processes
-        self.assertEqual(self.audio_of(first), ["-c:a", "aac"])
-        os.makedirs(first.path, exist_ok=True)
-        open(os.path.join(first.path, "seg000000.mp4"), "wb").close()  # its header
-        first.say(2, INPUT_REPORT.format(codec="aac (LC)"))
-        self.assertEqual(first.signals, ["KILL"])
-        self.assertEqual(self.listener.audio, ["aac"])
-        first.exit(signal=9)
-        self.assertNoResult(started)
-        second = self.reactor.processes[1]
-        self.assertEqual(self.audio_of(second), ["-c:a", "copy"])
-        self.assertFalse(os.path.exists(first.path), "the first run left nothing")
-        self.assertIn("relaunched: the source's audio is aac", self.store.closed_runs[0][1])
-        second.opened()
-        self.successResultOf(started)
-        self.assertEqual(self.recorder.state, RECORDING)
-        second.say(2, INPUT_REPORT.format(codec="aac (LC)"))
-        self.assertEqual(second.signals, [])
-
-    def test_known_aac_is_copied_from_the_start_and_g711_encoded(self):
-        self.recorder.source_audio = "aac"
+    def test_unknown_audio_is_copied_and_g711_encoded_once_known(self):
         started = self.start()
         [first] = self.reactor.processes
         self.assertEqual(self.audio_of(first), ["-c:a", "copy"])
-        first.say(2, INPUT_REPORT.format(codec="pcm_alaw"))  # the camera was reconfigured
+        os.makedirs(first.path, exist_ok=True)
+        open(os.path.join(first.path, "seg000000.mp4"), "wb").close()  # its header
+        first.say(2, INPUT_REPORT.format(codec="pcm_alaw"))
+        self.assertEqual(first.signals, ["KILL"])
+        self.assertEqual(self.listener.audio, ["pcm_alaw"])
         first.exit(signal=9)
+        self.assertNoResult(started)
         second = self.reactor.processes[1]
         self.assertEqual(self.audio_of(second), ["-c:a", "aac"])
-        self.assertEqual(self.listener.audio, ["pcm_alaw"])
+        self.assertFalse(os.path.exists(first.path), "the first run left nothing")
+        self.assertIn("relaunched: the source's audio is pcm_alaw", self.store.closed_runs[0][1])
+        second.opened()
+        self.successResultOf(started)
+        self.assertEqual(self.recorder.state, RECORDING)
+        second.say(2, INPUT_REPORT.format(codec="pcm_alaw"))
+        self.assertEqual(second.signals, [])
+
+    def test_aac_is_copied_without_a_relaunch(self):
+        started = self.start()
+        [first] = self.reactor.processes
+        first.say(2, INPUT_REPORT.format(codec="aac (LC)"))
+        self.assertEqual((first.signals, self.listener.audio), ([], ["aac"]))
+        first.opened()
+        self.successResultOf(started)
+
+    def test_known_g711_is_encoded_from_the_start_and_aac_copied_again(self):
+        self.recorder.source_audio = "pcm_mulaw"
+        started = self.start()
+        [first] = self.reactor.processes
+        self.assertEqual(self.audio_of(first), ["-c:a", "aac"])
+        first.say(2, INPUT_REPORT.format(codec="aac (LC)"))  # the camera was reconfigured
+        first.exit(signal=9)
+        second = self.reactor.processes[1]
+        self.assertEqual(self.audio_of(second), ["-c:a", "copy"])
+        self.assertEqual(self.listener.audio, ["aac"])
         second.opened()
         self.successResultOf(started)
 
@@ -567,19 +575,17 @@ class SourceAudioTests(RecorderBase):
         self.reactor.advance(2.05)
         self.write_segment(process, "seg000000.mp4", (0.0, 2.0))
         process.say(1, "seg000000.mp4,0.0,2.0\n")
-        process.say(2, INPUT_REPORT.format(codec="aac (LC)"))
+        process.say(2, INPUT_REPORT.format(codec="pcm_alaw"))
         self.assertEqual(process.signals, [])
-        self.assertEqual(self.recorder.source_audio, "aac", "the next launch copies")
+        self.assertEqual(self.recorder.source_audio, "pcm_alaw", "the next launch encodes")
 
     def test_a_source_without_audio(self):
         started = self.start()
         [first] = self.reactor.processes
         report = INPUT_REPORT.format(codec="x").splitlines()
         first.say(2, "\n".join(line for line in report if "Audio" not in line) + "\n")
-        self.assertEqual(self.listener.audio, ["none"])
-        first.exit(signal=9)
-        self.assertEqual(self.audio_of(self.reactor.processes[1]), ["-c:a", "copy"])
-        self.reactor.processes[1].opened()
+        self.assertEqual((first.signals, self.listener.audio), ([], ["none"]))
+        first.opened()
         self.successResultOf(started)
 
 

@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Many cameras on one box: streamrec against the same number of bare segmenters.
+
+Usage::
+
+    python bench/scale_bench.py [--streams 10,50,100,200] [--warmup 20] [--window 30]
+
+For each N in ``--streams``, in one run:
+
+1. One cheap sender, ``ffmpeg -re -stream_loop -1 -i loop.ts -map 0 -c copy
+   -f tee "[f=mpegts:onfail=ignore]udp://127.0.0.1:P1?pkt_size=1316|..."``,
+   feeds N live UDP MPEG-TS sources (720p H.264 2 Mb/s, GOP 2 s, + AAC 64k;
+   the loop is encoded once and cached under TMP).
+2. **Baseline:** N bare segmenters, the service's own ffmpeg command
+   (``streamrec.recorder.command.segmenter_args``, AAC copied as the service
+   does for these sources), each in a directory of its own, without the
+   service. After ``--warmup`` s, ``--window`` s of CPU (utime+stime from
+   ``/proc``) and memory (RSS and PSS) are sampled.
+3. **streamrec:** ``twistd streamrec`` as a real process on an empty data
+   dir; N streams are created and started over the API (each start timed);
+   after ``--warmup`` s the same sampling, for the service and for its
+   ffmpeg children apart, while one client times ``status`` of every stream
+   in turn and ``/streams/`` every second (p50/p99). After the window, one
+   ``get_clip`` per stream over the whole window must come back as exactly
+   one clip covering it: its coverage is the clip's duration over the
+   window's.
+
+It prints one table per N and a summary. Nothing is asserted: the numbers
+are for reading (these machines are shared). Standard library only; ffmpeg
+from PATH. Everything listens and connects on 127.0.0.1; every wait is
+bounded; every process is stopped at the end, even after an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for path in (REPO, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from service_bench import (  # noqa: E402
+    Api,
+    BenchError,
+    ServiceProcess,
+    children_of,
+    free_tcp_port,
+    proc_stat,
+)
+
+from streamrec.recorder.command import SegmenterSettings, segmenter_args  # noqa: E402
+
+HOST = "127.0.0.1"
+FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
+LOOP_SECONDS = 20
+
+
+# --------------------------------------------------------------------------
+# Processes and their cost
+# --------------------------------------------------------------------------
+
+
+def pss(pid: int) -> int | None:
+    """Proportional set size: shared pages divided among the processes sharing them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class Sample:
+    """CPU seconds and memory of a set of processes, taken twice."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.begin = self._cpu()
+        self.t0 = time.monotonic()
+
+    def _cpu(self) -> dict[int, float]:
+        found = {}
+        for pid in self.pids:
+            stat = proc_stat(pid)
+            if stat is not None:
+                found[pid] = stat["cpu"]
+        return found
+
+    def end(self) -> dict[str, float]:
+        cpu = self._cpu()
+        seconds = time.monotonic() - self.t0
+        used = sum(cpu[pid] - self.begin[pid] for pid in cpu if pid in self.begin)
+        rss = [s["rss"] for s in (proc_stat(pid) for pid in self.pids) if s is not None]
+        shares = [p for p in (pss(pid) for pid in self.pids) if p is not None]
+        alive = len(cpu)
+        return {
+            "cpu": 100.0 * used / seconds,  # percent of one core
+            "alive": alive,
+            "rss": sum(rss) / max(1, len(rss)),
+            "pss": sum(shares) / max(1, len(shares)),
+            "rss_total": sum(rss),
+        }
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+# --------------------------------------------------------------------------
+# The sources
+# --------------------------------------------------------------------------
+
+
+def loop_file(work: str) -> str:
+    """720p H.264 2 Mb/s (GOP 2 s) + AAC 64k, MPEG-TS, encoded once and cached."""
+    cache = os.path.join(tempfile.gettempdir(), "streamrec-scale-bench")
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, f"loop-720p-{LOOP_SECONDS}s.ts")
+    if not os.path.exists(path):
+        partial = path + ".partial.ts"
+        subprocess.run(
+            [FFMPEG, "-hide_banner", "-loglevel", "error", "-y"]
+            + ["-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={LOOP_SECONDS}"]
+            + ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={LOOP_SECONDS}"]
+            + ["-c:v", "libx264", "-preset", "veryfast", "-b:v", "2M", "-maxrate", "2M"]
+            + ["-bufsize", "4M", "-g", "50", "-keyint_min", "50", "-bf", "0"]
+            + ["-c:a", "aac", "-b:a", "64k", "-f", "mpegts", partial],
+            check=True,
+            timeout=600,
+        )
+        os.replace(partial, path)
+    return path
+
+
+class Sender:
+    """One ffmpeg that feeds every port with the loop, copying (no encoding)."""
+
+    def __init__(self, loop: str, ports: list[int], log_path: str) -> None:
+        outputs = "|".join(f"[f=mpegts:onfail=ignore]udp://{HOST}:{p}?pkt_size=1316" for p in ports)
+        cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
+        cmd += ["-stream_loop", "-1", "-i", loop, "-map", "0", "-c", "copy", "-f", "tee", outputs]
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGTERM)
+        self.log.close()
+
+
+def free_udp_ports(count: int) -> list[int]:
+    import socket
+
+    ports, holders = [], []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((HOST, 0))
+        holders.append(sock)
+        ports.append(sock.getsockname()[1])
+    for sock in holders:
+        sock.close()
+    return ports
+
+
+# --------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------
+
+
+def bare_segmenters(ports: list[int], work: str, warmup: float, window: float) -> dict:
+    """The service's own segmenter command, run N times without the service."""
+    settings = SegmenterSettings()
+    procs = []
+    try:
+        for i, port in enumerate(ports):
+            directory = os.path.join(work, f"bare-{i}")
+            os.makedirs(directory)
+            args = segmenter_args(FFMPEG, f"udp://{HOST}:{port}", settings, copy_audio=True)
+            log = open(os.path.join(directory, "ffmpeg.log"), "wb")
+            procs.append(
+                subprocess.Popen(
+                    args,
+                    cwd=directory,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    pass_fds=(),
+                )
+            )
+            log.close()
+        time.sleep(warmup)
+        sample = Sample([p.pid for p in procs])
+        time.sleep(window)
+        return sample.end()
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class Prober(threading.Thread):
+    """One client: status of every stream in turn, and the list once a second."""
+
+    def __init__(self, api: Api, stream_ids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.api = api
+        self.stream_ids = stream_ids
+        self.status_ms: list[float] = []
+        self.list_ms: list[float] = []
+        self.errors = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        next_list = time.monotonic()
+        i = 0
+        while not self.halt.is_set():
+            now = time.monotonic()
+            if now >= next_list:
+                self._time(self.list_ms, "/streams/")
+                next_list = now + 1.0
+            self._time(self.status_ms, f"/streams/{self.stream_ids[i % len(self.stream_ids)]}/status")
+            i += 1
+            self.halt.wait(0.02)
+
+    def _time(self, into: list[float], path: str) -> None:
+        t = time.monotonic()
+        try:
+            code, _ = self.api.call("GET", path)
+        except OSError:
+            code = 0
+        if code != 200:
+            self.errors += 1
+        into.append(1000 * (time.monotonic() - t))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def coverage(api: Api, stream_id: int, start: float, stop: float, timeout: float = 120) -> float:
+    """How much of [start, stop] one get_clip covers; 0 unless it is exactly one clip."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.ok("GET", f"/streams/{stream_id}/get_clip", start=f"{start:.3f}", stop=f"{stop:.3f}")
+        if job["status"] == "done":
+            clips = job["clips"]
+            if len(clips) != 1:
+                return 0.0
+            return min(1.0, clips[0]["duration"] / (stop - start))
+        if job["status"] == "failed":
+            return 0.0
+        time.sleep(0.2)
+    return 0.0
+
+
+def with_service(ports: list[int], work: str, warmup: float, window: float) -> dict:
+    os.makedirs(work)
+    service = ServiceProcess(work, free_tcp_port())
+    api = service.start()
+    prober = None
+    try:
+        ids, starts = [], []
+        for port in ports:
+            sid = api.ok("POST", "/streams/create", url=f"udp://{HOST}:{port}")["stream_id"]
+            t = time.monotonic()
+            api.ok("POST", f"/streams/{sid}/start")
+            starts.append(time.monotonic() - t)
+            ids.append(sid)
+        time.sleep(warmup)
+        children = [pid for pid, stat in children_of(service.pid).items() if stat["comm"] == "ffmpeg"]
+        prober = Prober(api, ids)
+        prober.start()
+        mine, theirs = Sample([service.pid]), Sample(children)
+        begin = time.time()
+        time.sleep(window)
+        end = time.time()
+        result = {"service": mine.end(), "ffmpeg": theirs.end()}
+        prober.halt.set()
+        prober.join(10)
+        time.sleep(3)  # the last segment of the window closes
+        covered = [coverage(api, sid, begin, end) for sid in ids]
+        result.update(
+            starts=starts,
+            status_p50=percentile(prober.status_ms, 0.5),
+            status_p99=percentile(prober.status_ms, 0.99),
+            list_p50=percentile(prober.list_ms, 0.5),
+            list_p99=percentile(prober.list_ms, 0.99),
+            api_errors=prober.errors,
+            covered=covered,
+            window=end - begin,
+        )
+        return result
+    finally:
+        if prober is not None:
+            prober.halt.set()
+        print(f"  service: {service.stop(timeout=60)}", flush=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(n: int, bare: dict, svc: dict) -> list[str]:
+    per_bare = bare["cpu"] / n
+    per_ffmpeg = svc["ffmpeg"]["cpu"] / n
+    fully = sum(1 for c in svc["covered"] if c >= 0.999)
+    lines = [
+        f"## {n} streams",
+        "",
+        "| | bare segmenters | streamrec |",
+        "|---|---|---|",
+        f"| ffmpeg CPU (all) | {bare['cpu']:.1f} % | {svc['ffmpeg']['cpu']:.1f} % |",
+        f"| ffmpeg CPU per stream | {per_bare:.2f} % | {per_ffmpeg:.2f} % "
+        f"({per_ffmpeg / per_bare:.2f}x) |",
+        f"| service CPU | - | {svc['service']['cpu']:.1f} % "
+        f"({svc['service']['cpu'] / max(svc['ffmpeg']['cpu'], 1e-9):.1%} of its ffmpegs) |",
+        f"| ffmpeg RSS / PSS each | {bare['rss'] / 2**20:.1f} / {bare['pss'] / 2**20:.1f} MiB "
+        f"| {svc['ffmpeg']['rss'] / 2**20:.1f} / {svc['ffmpeg']['pss'] / 2**20:.1f} MiB |",
+        f"| service RSS | - | {svc['service']['rss'] / 2**20:.1f} MiB |",
+        f"| ffmpegs alive | {bare['alive']} | {svc['ffmpeg']['alive']} |",
+        f"| start p50 / max | - | {statistics.median(svc['starts']):.2f} / "
+        f"{max(svc['starts']):.2f} s |",
+        f"| status p50 / p99 | - | {svc['status_p50']:.1f} / {svc['status_p99']:.1f} ms |",
+        f"| /streams/ p50 / p99 | - | {svc['list_p50']:.1f} / {svc['list_p99']:.1f} ms |",
+        f"| coverage of a {svc['window']:.0f} s window | - | {fully}/{n} streams >= 99.9 %, "
+        f"min {min(svc['covered']):.2%} |",
+        f"| API errors | - | {svc['api_errors']} |",
+        "",
+    ]
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", default="10,50,100,200")
+    parser.add_argument("--warmup", type=float, default=20.0)
+    parser.add_argument("--window", type=float, default=30.0)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.streams.split(",")]
+    work = tempfile.mkdtemp(prefix="streamrec-scale-")
+    loop = loop_file(work)
+    print(f"# scale bench: {FFMPEG}, loop {loop}, {os.cpu_count()} cores", flush=True)
+    out: list[str] = []
+    try:
+        for n in counts:
+            ports = free_udp_ports(n)
+            sender = Sender(loop, ports, os.path.join(work, f"sender-{n}.log"))
+            try:
+                time.sleep(2)
+                if sender.proc.poll() is not None:
+                    raise BenchError(f"the sender exited with {sender.proc.returncode}")
+                sent = Sample([sender.proc.pid])
+                print(f"{n} streams: bare segmenters...", flush=True)
+                bare = bare_segmenters(ports, os.path.join(work, f"bare-{n}"), args.warmup, args.window)
+                print(f"{n} streams: streamrec...", flush=True)
+                svc = with_service(ports, os.path.join(work, f"svc-{n}"), args.warmup, args.window)
+                sender_cpu = sent.end()["cpu"]
+            finally:
+                sender.stop()
+            lines = report(n, bare, svc) + [f"(the sender: {sender_cpu:.1f} % of a core)", ""]
+            print("\n".join(lines), flush=True)
+            out += lines
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

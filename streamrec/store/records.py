@@ -1,0 +1,73 @@
+"""What the store keeps, as the rest of streamrec sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stream:
+    id: int
+    url: str
+    description: str
+    create_date: float
+    start_date: float | None
+    stop_date: float | None
+    wanted: bool
+    last_error: str | None
+    max_age: float | None = None
+    source_audio: str | None = None  # the audio codec last seen ("none": no audio)
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    stream_id: int
+    run_id: int
+    path: str
+    start: float
+    end: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Clip:
+    seq: int
+    link: str
+    storage_key: str
+    start: float
+    stop: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    id: int
+    stream_id: int
+    start: float
+    stop: float
+    stop_given: bool
+    encoder: str
+    options: dict[str, Any]
+    status: str
+    error_message: str | None
+    progress: float
+    created_at: float
+    clips: tuple[Clip, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Totals:
+    segments: int
+    seconds: float
+    bytes: int
+    first: float | None
+    last: float | None
+
+
+JOB_PENDING = "pending"
+JOB_PROCESSING = "processing"
+JOB_DONE = "done"
+JOB_FAILED = "failed"
+JOB_EXPIRED = "expired"
