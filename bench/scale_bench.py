@@ -19,8 +19,10 @@ For each N in ``--streams``, in one run:
 3. **streamrec:** ``twistd streamrec`` as a real process on an empty data
    dir; N streams are created and started over the API (each start timed);
    after ``--warmup`` s the same sampling, for the service and for its
-   ffmpeg children apart, while one client times ``status`` of every stream
-   in turn and ``/streams/`` every second (p50/p99). After the window, one
+   ffmpeg children apart, with nobody asking; then, for up to 20 s more,
+   one client times ``status`` of every stream in turn (every 20 ms) and
+   ``/streams/`` every second (p50/p99), and the service's CPU is sampled
+   again under that load. After both windows, one
    ``get_clip`` per stream over the whole window must come back as exactly
    one clip covering it: its coverage is the clip's duration over the
    window's.
@@ -59,7 +61,12 @@ from service_bench import (  # noqa: E402
     proc_stat,
 )
 
-from streamrec.recorder.command import SegmenterSettings, segmenter_args  # noqa: E402
+from streamrec.recorder.command import (  # noqa: E402
+    MAX_PROBE_SECONDS,
+    PROGRESS_FD,
+    SegmenterSettings,
+    segmenter_args,
+)
 
 HOST = "127.0.0.1"
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
@@ -162,7 +169,9 @@ class Sender:
         cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
         cmd += ["-stream_loop", "-1", "-i", loop, "-map", "0", "-c", "copy", "-f", "tee", outputs]
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log
+        )
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGTERM)
@@ -188,9 +197,18 @@ def free_udp_ports(count: int) -> list[int]:
 # --------------------------------------------------------------------------
 
 
+def progress_to_devnull() -> None:
+    """In the child: the progress descriptor the command writes to, read by nobody."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != PROGRESS_FD:
+        os.dup2(devnull, PROGRESS_FD)
+        os.close(devnull)
+
+
 def bare_segmenters(ports: list[int], work: str, warmup: float, window: float) -> dict:
-    """The service's own segmenter command, run N times without the service."""
-    settings = SegmenterSettings()
+    """The service's own segmenter command, run N times without the service (with
+    the longest probe, as the service ends up using for a source that needs it)."""
+    settings = SegmenterSettings(probe_seconds=MAX_PROBE_SECONDS)
     procs = []
     try:
         for i, port in enumerate(ports):
@@ -205,14 +223,20 @@ def bare_segmenters(ports: list[int], work: str, warmup: float, window: float) -
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=log,
-                    pass_fds=(),
+                    preexec_fn=progress_to_devnull,
                 )
             )
             log.close()
         time.sleep(warmup)
         sample = Sample([p.pid for p in procs])
         time.sleep(window)
-        return sample.end()
+        result = sample.end()
+        dead = [i for i, proc in enumerate(procs) if proc.poll() is not None]
+        result["alive"] = len(procs) - len(dead)
+        if dead:
+            with open(os.path.join(work, f"bare-{dead[0]}", "ffmpeg.log"), errors="replace") as log:
+                print(f"  {len(dead)} bare segmenters died; one said: {log.read()[-300:]}")
+        return result
     finally:
         for proc in procs:
             stop_process(proc)
@@ -239,7 +263,9 @@ class Prober(threading.Thread):
             if now >= next_list:
                 self._time(self.list_ms, "/streams/")
                 next_list = now + 1.0
-            self._time(self.status_ms, f"/streams/{self.stream_ids[i % len(self.stream_ids)]}/status")
+            self._time(
+                self.status_ms, f"/streams/{self.stream_ids[i % len(self.stream_ids)]}/status"
+            )
             i += 1
             self.halt.wait(0.02)
 
@@ -265,7 +291,9 @@ def coverage(api: Api, stream_id: int, start: float, stop: float, timeout: float
     """How much of [start, stop] one get_clip covers; 0 unless it is exactly one clip."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = api.ok("GET", f"/streams/{stream_id}/get_clip", start=f"{start:.3f}", stop=f"{stop:.3f}")
+        job = api.ok(
+            "GET", f"/streams/{stream_id}/get_clip", start=f"{start:.3f}", stop=f"{stop:.3f}"
+        )
         if job["status"] == "done":
             clips = job["clips"]
             if len(clips) != 1:
@@ -291,16 +319,22 @@ def with_service(ports: list[int], work: str, warmup: float, window: float) -> d
             starts.append(time.monotonic() - t)
             ids.append(sid)
         time.sleep(warmup)
-        children = [pid for pid, stat in children_of(service.pid).items() if stat["comm"] == "ffmpeg"]
-        prober = Prober(api, ids)
-        prober.start()
+        children = [
+            pid for pid, stat in children_of(service.pid).items() if stat["comm"] == "ffmpeg"
+        ]
+        # CPU while recording, with nobody asking; then the API under a client.
         mine, theirs = Sample([service.pid]), Sample(children)
         begin = time.time()
         time.sleep(window)
-        end = time.time()
         result = {"service": mine.end(), "ffmpeg": theirs.end()}
+        prober = Prober(api, ids)
+        prober.start()
+        busy = Sample([service.pid])
+        time.sleep(min(window, 20.0))
+        result["service_busy"] = busy.end()
         prober.halt.set()
         prober.join(10)
+        end = time.time()
         time.sleep(3)  # the last segment of the window closes
         covered = [coverage(api, sid, begin, end) for sid in ids]
         result.update(
@@ -318,6 +352,10 @@ def with_service(ports: list[int], work: str, warmup: float, window: float) -> d
         if prober is not None:
             prober.halt.set()
         print(f"  service: {service.stop(timeout=60)}", flush=True)
+        relaunches = subprocess.run(
+            ["grep", "-c", "relaunched\\|probing", service.log_path], capture_output=True, text=True
+        ).stdout.strip()
+        print(f"  relaunches and longer probes in the service log: {relaunches}", flush=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -337,10 +375,11 @@ def report(n: int, bare: dict, svc: dict) -> list[str]:
         f"({svc['service']['cpu'] / max(svc['ffmpeg']['cpu'], 1e-9):.1%} of its ffmpegs) |",
         f"| ffmpeg RSS / PSS each | {bare['rss'] / 2**20:.1f} / {bare['pss'] / 2**20:.1f} MiB "
         f"| {svc['ffmpeg']['rss'] / 2**20:.1f} / {svc['ffmpeg']['pss'] / 2**20:.1f} MiB |",
+        f"| service CPU answering the API | - | {svc['service_busy']['cpu']:.1f} % |",
         f"| service RSS | - | {svc['service']['rss'] / 2**20:.1f} MiB |",
         f"| ffmpegs alive | {bare['alive']} | {svc['ffmpeg']['alive']} |",
-        f"| start p50 / max | - | {statistics.median(svc['starts']):.2f} / "
-        f"{max(svc['starts']):.2f} s |",
+        f"| start p50 / p90 / max | - | {statistics.median(svc['starts']):.2f} / "
+        f"{percentile(svc['starts'], 0.9):.2f} / {max(svc['starts']):.2f} s |",
         f"| status p50 / p99 | - | {svc['status_p50']:.1f} / {svc['status_p99']:.1f} ms |",
         f"| /streams/ p50 / p99 | - | {svc['list_p50']:.1f} / {svc['list_p99']:.1f} ms |",
         f"| coverage of a {svc['window']:.0f} s window | - | {fully}/{n} streams >= 99.9 %, "
@@ -372,7 +411,9 @@ def main() -> int:
                     raise BenchError(f"the sender exited with {sender.proc.returncode}")
                 sent = Sample([sender.proc.pid])
                 print(f"{n} streams: bare segmenters...", flush=True)
-                bare = bare_segmenters(ports, os.path.join(work, f"bare-{n}"), args.warmup, args.window)
+                bare = bare_segmenters(
+                    ports, os.path.join(work, f"bare-{n}"), args.warmup, args.window
+                )
                 print(f"{n} streams: streamrec...", flush=True)
                 svc = with_service(ports, os.path.join(work, f"svc-{n}"), args.warmup, args.window)
                 sender_cpu = sent.end()["cpu"]

@@ -24,11 +24,13 @@ COPIED_AUDIO = frozenset({"aac", "none"})
 
 
 #: Seconds ffmpeg reads a source to learn its streams before recording. Live
-#: MPEG-TS makes it read all of it (streams may appear at any time); one
-#: second finds the audio and video of every camera tried. A source whose
-#: parameters it did not find in time is probed longer on the next launch
-#: (:func:`needs_longer_probe`), up to ``MAX_PROBE_SECONDS``.
-PROBE_SECONDS = 1.0
+#: MPEG-TS makes it read all of it (streams may appear at any time), and H.264
+#: there shows its size only with a key frame: two seconds cover the usual
+#: GOP. RTSP cameras describe their streams up front and end the probe
+#: early. A source whose parameters ffmpeg did not find in time is probed
+#: longer from its next launch on (:func:`needs_longer_probe`), up to
+#: ``MAX_PROBE_SECONDS``.
+PROBE_SECONDS = 2.0
 MAX_PROBE_SECONDS = 10.0
 
 #: What ffmpeg says when it gave up probing before it knew a stream's parameters.

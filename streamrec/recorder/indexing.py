@@ -22,8 +22,9 @@ from .validate import InvalidSegment, validate_segment
 
 log = Logger(namespace="streamrec.recorder")
 
-#: One segment in this many is also decoded, whatever its structure says.
-DECODE_EVERY = 50
+#: One segment in this many is also decoded, whatever its structure says (the
+#: first of every run is: see the recorder).
+DECODE_EVERY = 500
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class SegmentChecker:
     async def check(self, path: str, who: str = "", thorough: bool = False) -> Checked:
         """Validate ``path``; a bad segment is moved to quarantine (and logged).
 
-        The structure of every segment is checked; one in ``decode_every``
-        (and every ``thorough`` check) is also decoded.
+        The structure of every segment is checked; every ``thorough`` check,
+        and one in ``decode_every`` of the others, also decodes a frame.
         """
         self.checked += 1
         decode = thorough or self.checked % self.decode_every == 1

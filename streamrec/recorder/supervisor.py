@@ -413,7 +413,8 @@ class Recorder:
 
     def _input_line(self, run: Run, line: str) -> None:
         """Collect ffmpeg's report of its input; once complete, learn the source's
-        audio codec, and launch again at once if it wants other options."""
+        audio codec, and launch again at once if it wants other options. The
+        report means the source is open: start need not wait for the output."""
         report = run.input_report = (run.input_report or []) + [line]
         codec = input_audio(report)
         if codec is None and len(report) < MAX_INPUT_REPORT:
@@ -428,6 +429,9 @@ class Recorder:
             how = "copied" if copies_audio(codec) else "encoded to AAC"
             run.relaunch = f"the source's audio is {codec}: relaunching with it {how}"
             run.child.stop("KILL", self.kill_timeout)
+        elif not run.opened:
+            run.opened = True
+            self._opened(run)
 
     def _log_child(self, line: str) -> None:
         if line.strip():
@@ -556,7 +560,8 @@ class Recorder:
         await self._index(run, os.path.join(run.directory, name), media_end)
 
     async def _index(self, run: Run, path: str, media_end: float | None) -> None:
-        checked: Checked = await self.checker.check(path, self._who)
+        # The first segment of a run is decoded: a source's new settings show there.
+        checked: Checked = await self.checker.check(path, self._who, thorough=not run.segments)
         if not checked.ok:
             return
         await self._reanchor(run)

@@ -554,6 +554,14 @@ class SourceAudioTests(RecorderBase):
         first.opened()
         self.successResultOf(started)
 
+    def test_start_answers_once_the_source_is_open(self):
+        started = self.start()
+        [first] = self.reactor.processes
+        self.assertNoResult(started)
+        first.say(2, INPUT_REPORT.format(codec="aac (LC)"))  # before any output
+        self.successResultOf(started)
+        self.assertEqual(self.recorder.state, RECORDING)
+
     def test_known_g711_is_encoded_from_the_start_and_aac_copied_again(self):
         self.recorder.source_audio = "pcm_mulaw"
         started = self.start()
@@ -596,26 +604,26 @@ class ProbeTests(RecorderBase):
     def test_a_source_not_learned_in_time_is_probed_longer(self):
         started = self.start()
         [first] = self.reactor.processes
-        self.assertEqual(self.probe_of(first), 1.0)
+        self.assertEqual(self.probe_of(first), 2.0)
         first.say(
             2, "[h264 @ 0x1] Could not find codec parameters for stream 0: unspecified size\n"
         )
         first.exit(1)
         self.assertNoResult(started)  # still starting: launched again with a longer probe
         second = self.reactor.processes[1]
-        self.assertEqual(self.probe_of(second), 2.0)
+        self.assertEqual(self.probe_of(second), 4.0)
         second.opened()
         self.successResultOf(started)
         second.exit(1)
         self.reactor.advance(1)
-        self.assertEqual(self.probe_of(self.reactor.processes[2]), 2.0, "kept for later runs")
+        self.assertEqual(self.probe_of(self.reactor.processes[2]), 4.0, "kept for later runs")
 
     def test_the_probe_has_a_ceiling(self):
         started = self.start()
-        for expected in (1.0, 2.0, 4.0, 8.0, 10.0):
+        for expected in (2.0, 4.0, 8.0, 10.0):
             process = self.reactor.processes[-1]
             self.assertEqual(self.probe_of(process), expected)
             process.say(2, "Could not find codec parameters for stream 0\n")
             process.exit(1)
         self.failureResultOf(started, CannotStart)
-        self.assertEqual(len(self.reactor.processes), 5)
+        self.assertEqual(len(self.reactor.processes), 4)
