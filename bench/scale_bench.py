@@ -17,7 +17,8 @@ For each N in ``--streams``, in one run:
    service. After ``--warmup`` s, ``--window`` s of CPU (utime+stime from
    ``/proc``) and memory (RSS and PSS) are sampled.
 3. **streamrec:** ``twistd streamrec`` as a real process on an empty data
-   dir; N streams are created and started over the API (each start timed);
+   dir; N streams are created and started over the API (8 at a time, each
+   start timed);
    after ``--warmup`` s the same sampling, for the service and for its
    ffmpeg children apart, with nobody asking; then, for up to 20 s more,
    one client times ``status`` of every stream in turn (every 20 ms) and
@@ -305,19 +306,32 @@ def coverage(api: Api, stream_id: int, start: float, stop: float, timeout: float
     return 0.0
 
 
-def with_service(ports: list[int], work: str, warmup: float, window: float) -> dict:
+def start_all(api: Api, ids: list[int], parallel: int = 8) -> list[float]:
+    """Start every stream, ``parallel`` requests at a time; each answer's time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(sid: int) -> float:
+        t = time.monotonic()
+        api.ok("POST", f"/streams/{sid}/start")
+        return time.monotonic() - t
+
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(start, ids))
+
+
+def with_service(
+    ports: list[int], work: str, warmup: float, window: float, repo: str | None = None
+) -> dict:
     os.makedirs(work)
-    service = ServiceProcess(work, free_tcp_port())
+    service = ServiceProcess(work, free_tcp_port(), repo or REPO)
     api = service.start()
     prober = None
     try:
-        ids, starts = [], []
-        for port in ports:
-            sid = api.ok("POST", "/streams/create", url=f"udp://{HOST}:{port}")["stream_id"]
-            t = time.monotonic()
-            api.ok("POST", f"/streams/{sid}/start")
-            starts.append(time.monotonic() - t)
-            ids.append(sid)
+        ids = [
+            api.ok("POST", "/streams/create", url=f"udp://{HOST}:{port}")["stream_id"]
+            for port in ports
+        ]
+        starts = start_all(api, ids)
         time.sleep(warmup)
         children = [
             pid for pid, stat in children_of(service.pid).items() if stat["comm"] == "ffmpeg"
@@ -395,6 +409,10 @@ def main() -> int:
     parser.add_argument("--streams", default="10,50,100,200")
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument(
+        "--service-repo",
+        help="run the service from this checkout (e.g. an older release) instead of this tree",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
     work = tempfile.mkdtemp(prefix="streamrec-scale-")
@@ -415,7 +433,13 @@ def main() -> int:
                     ports, os.path.join(work, f"bare-{n}"), args.warmup, args.window
                 )
                 print(f"{n} streams: streamrec...", flush=True)
-                svc = with_service(ports, os.path.join(work, f"svc-{n}"), args.warmup, args.window)
+                svc = with_service(
+                    ports,
+                    os.path.join(work, f"svc-{n}"),
+                    args.warmup,
+                    args.window,
+                    args.service_repo,
+                )
                 sender_cpu = sent.end()["cpu"]
             finally:
                 sender.stop()

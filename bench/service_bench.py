@@ -178,14 +178,15 @@ def free_tcp_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, data_dir: str, port: int) -> None:
+    def __init__(self, data_dir: str, port: int, repo: str = REPO) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.repo = repo
         self.log_path = os.path.join(data_dir, "twistd.log")
         self.proc: subprocess.Popen | None = None
         self.env = dict(os.environ)
         # benchmark the working tree (its twisted/plugins dropin and streamrec package)
-        self.env["PYTHONPATH"] = REPO + (
+        self.env["PYTHONPATH"] = repo + (
             os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH") else ""
         )
         self.seen_children: set[int] = set()
@@ -194,7 +195,7 @@ class ServiceProcess:
         """twistd must list the streamrec plugin; return where streamrec comes from."""
         out = subprocess.run(
             [sys.executable, "-c", TWISTD, "--help"],
-            cwd=REPO,
+            cwd=self.repo,
             env=self.env,
             capture_output=True,
             text=True,
@@ -204,7 +205,7 @@ class ServiceProcess:
             raise BenchError(f"twistd --help does not list streamrec:\n{out.stdout}{out.stderr}")
         where = subprocess.run(
             [sys.executable, "-c", "import streamrec; print(streamrec.__file__)"],
-            cwd=REPO,
+            cwd=self.repo,
             env=self.env,
             capture_output=True,
             text=True,
@@ -231,7 +232,7 @@ class ServiceProcess:
         try:
             self.proc = subprocess.Popen(
                 self.command(),
-                cwd=REPO,
+                cwd=self.repo,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

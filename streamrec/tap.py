@@ -32,7 +32,7 @@ from .recorder.indexing import SegmentChecker
 from .recorder.layout import SegmentLayout
 from .recorder.supervisor import Recorder
 from .service import StreamrecService
-from .store import open_store
+from .store import LONGEST_SEGMENT, open_store
 from .threads import thread_runner
 
 log = Logger(namespace="streamrec.tap")
@@ -249,7 +249,9 @@ def build_service(
     store = open_store(config.database or "sqlite:", data_dir, reactor=reactor)
     layout = SegmentLayout(data_dir)
     checker = SegmentChecker(
-        layout=layout, run_blocking=run_blocking, max_duration=10 * config.segment_seconds + 10
+        layout=layout,
+        run_blocking=run_blocking,
+        max_duration=min(10 * config.segment_seconds + 10, LONGEST_SEGMENT),
     )
     notify = notifier(pm)
     recorders = Recorders(

@@ -76,6 +76,11 @@ class SegmentChecker:
         decode = thorough or self.checked % self.decode_every == 1
         try:
             size = os.path.getsize(path)
+            if size == 0:
+                # Opened and never written (ffmpeg died before the first fragment):
+                # nothing to keep or to look at.
+                os.remove(path)
+                return Checked(path, problem="empty")
             first, end = await self.run_blocking(self.validate, path, self.max_duration, decode)
         except InvalidSegment as failure:
             return self._set_aside(path, str(failure), who)

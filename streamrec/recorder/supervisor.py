@@ -438,7 +438,7 @@ class Recorder:
             log.debug("stream {stream_id}: {line}", stream_id=self.stream_id, line=line)
 
     def _opened(self, run: Run) -> None:
-        if run is not self.run:
+        if run is not self.run or not self.wanted:
             return
         self._set_state(RECORDING)
         self._arm_watchdog()
@@ -467,6 +467,8 @@ class Recorder:
         """A run ended before it recorded, to launch again with the right audio
         options; whoever waited for the first waits for the next."""
         waiters, run.waiters = run.waiters, []
+        if run is self.run:
+            self._disarm_watchdog()
         log.info("stream {stream_id}: {why}", stream_id=self.stream_id, why=run.relaunch)
         await self.store.close_run(run.run_id, self.now(), f"relaunched: {run.relaunch}")
         shutil.rmtree(run.directory, ignore_errors=True)  # its header, no samples
@@ -584,5 +586,5 @@ class Recorder:
     async def _index_trailing(self, run: Run) -> None:
         """Index the segment ffmpeg was writing when it died without closing it."""
         path = self.layout.segment_path(run.directory, run.last_index + 1)
-        if os.path.exists(path) and os.path.getsize(path) > 0:
+        if os.path.exists(path):
             await self._index(run, path, None)

@@ -109,6 +109,17 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.decoded, [True, False, False, True, False, False, True])
 
     @defer.inlineCallbacks
+    def test_an_empty_file_is_removed(self):
+        open(self.path, "wb").close()
+        checker = SegmentChecker(
+            layout=self.layout, run_blocking=defer.maybeDeferred, max_duration=30
+        )
+        checked = yield defer.ensureDeferred(checker.check(self.path))
+        self.assertEqual((checked.ok, checked.quarantined_to), (False, None))
+        self.assertFalse(os.path.exists(self.path))
+        self.assertFalse(os.path.exists(self.layout.quarantine_root))
+
+    @defer.inlineCallbacks
     def test_bad_segments_go_to_quarantine(self):
         with open(self.path, "r+b") as handle:
             handle.truncate(100)
