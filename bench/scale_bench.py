@@ -179,17 +179,21 @@ class Sender:
         self.log.close()
 
 
-def free_udp_ports(count: int) -> list[int]:
+def free_udp_ports(count: int, first: int = 20000) -> list[int]:
+    """Ports for the receivers, below the kernel's ephemeral range: the sender's
+    own sockets take ephemeral ports and must not land on a receiver's."""
     import socket
 
-    ports, holders = [], []
-    for _ in range(count):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((HOST, 0))
-        holders.append(sock)
-        ports.append(sock.getsockname()[1])
-    for sock in holders:
-        sock.close()
+    ports: list[int] = []
+    port = first
+    while len(ports) < count:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((HOST, port))
+                ports.append(port)
+            except OSError:
+                pass
+        port += 1
     return ports
 
 
@@ -312,7 +316,10 @@ def start_all(api: Api, ids: list[int], parallel: int = 8) -> list[float]:
 
     def start(sid: int) -> float:
         t = time.monotonic()
-        api.ok("POST", f"/streams/{sid}/start")
+        code, body = api.call("POST", f"/streams/{sid}/start")
+        if code != 200:
+            print(f"  start of stream {sid}: {code} {body}", flush=True)
+            return float("nan")
         return time.monotonic() - t
 
     with ThreadPoolExecutor(parallel) as pool:
@@ -377,6 +384,7 @@ def report(n: int, bare: dict, svc: dict) -> list[str]:
     per_bare = bare["cpu"] / n
     per_ffmpeg = svc["ffmpeg"]["cpu"] / n
     fully = sum(1 for c in svc["covered"] if c >= 0.999)
+    started = [t for t in svc["starts"] if t == t] or [float("nan")]
     lines = [
         f"## {n} streams",
         "",
@@ -392,8 +400,9 @@ def report(n: int, bare: dict, svc: dict) -> list[str]:
         f"| service CPU answering the API | - | {svc['service_busy']['cpu']:.1f} % |",
         f"| service RSS | - | {svc['service']['rss'] / 2**20:.1f} MiB |",
         f"| ffmpegs alive | {bare['alive']} | {svc['ffmpeg']['alive']} |",
-        f"| start p50 / p90 / max | - | {statistics.median(svc['starts']):.2f} / "
-        f"{percentile(svc['starts'], 0.9):.2f} / {max(svc['starts']):.2f} s |",
+        f"| start p50 / p90 / max | - | {statistics.median(started):.2f} / "
+        f"{percentile(started, 0.9):.2f} / {max(started):.2f} s"
+        f"{f' ({n - len(started)} failed)' if len(started) < n else ''} |",
         f"| status p50 / p99 | - | {svc['status_p50']:.1f} / {svc['status_p99']:.1f} ms |",
         f"| /streams/ p50 / p99 | - | {svc['list_p50']:.1f} / {svc['list_p99']:.1f} ms |",
         f"| coverage of a {svc['window']:.0f} s window | - | {fully}/{n} streams >= 99.9 %, "
