@@ -43,6 +43,7 @@ class Streams:
         max_clip_seconds: float,
         storage: StorageBackend | None = None,
         wake_worker: Callable[[], None] = lambda: None,
+        recorded: Callable[[int], None] = lambda stream_id: None,
         space_short: Callable[[], Any] = lambda: None,
     ) -> None:
         self.reactor = reactor
@@ -53,6 +54,7 @@ class Streams:
         self.default_encoder = default_encoder
         self.max_clip_seconds = max_clip_seconds
         self.wake_worker = wake_worker
+        self.recorded = recorded
         self.space_short = space_short
         # Backends whose links expire (presigned URLs) make a new one per answer.
         self._link: Callable[[str], str] | None = getattr(storage, "link", None)
@@ -87,7 +89,7 @@ class Streams:
     def segment_closed(
         self, stream_id: int, segment_id: int, path: str, start: float, end: float
     ) -> None:
-        self.wake_worker()
+        self.recorded(stream_id)
         self.notify(
             "segment_closed",
             stream_id=stream_id,

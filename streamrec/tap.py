@@ -303,6 +303,7 @@ def build_service(
         max_clip_seconds=config.max_clip_seconds,
         storage=storage,
         wake_worker=worker.wake,
+        recorded=worker.recorded,
         space_short=janitor.run_now,
     )
     plugins = {

@@ -55,6 +55,8 @@ class ClipWorker(Service):
         self.builds: dict[int, defer.Deferred[None]] = {}
         self._loop: task.LoopingCall | None = None
         self._ticking = False
+        # Streams with pending jobs that wait for their recording to reach them.
+        self.waiting: set[int] = set()
 
     # -- service ----------------------------------------------------------
     def startService(self) -> None:
@@ -96,21 +98,32 @@ class ClipWorker(Service):
         d.addErrback(lambda f: log.failure("clip worker tick failed", f))
         d.addBoth(self._ticked)
 
+    def recorded(self, stream_id: int) -> None:
+        """A stream indexed a segment: look again if a job waits for that stream."""
+        if stream_id in self.waiting:
+            self.wake()
+
     def _ticked(self, _: object) -> None:
         self._ticking = False
 
     async def _tick(self) -> None:
         if len(self.running_jobs) >= self.concurrency:
             return
+        waiting = set()
         for job in await self.store.jobs_with_status(JOB_PENDING):
             if len(self.running_jobs) >= self.concurrency:
-                break
-            if job.id in self.running_jobs or not await self._ready(job):
+                waiting.add(job.stream_id)
+                continue
+            if job.id in self.running_jobs:
+                continue
+            if not await self._ready(job):
+                waiting.add(job.stream_id)
                 continue
             self.running_jobs.add(job.id)
             d = self.builds[job.id] = defer.ensureDeferred(self.build(job))
             d.addErrback(self._crashed)
             d.addBoth(self._finished, job.id)
+        self.waiting = waiting
 
     def paths_in_use(self) -> set[str]:
         """Segment files that jobs being built are reading."""

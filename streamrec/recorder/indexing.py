@@ -65,6 +65,9 @@ class SegmentChecker:
         self.validate = validate
         self.decode_every = decode_every
         self.checked = 0
+        # Files waiting for the validation in flight to end: validated together.
+        self._queue: list[tuple[str, bool, defer.Deferred[tuple[float, float]]]] = []
+        self._validating = False
 
     async def check(self, path: str, who: str = "", thorough: bool = False) -> Checked:
         """Validate ``path``; a bad segment is moved to quarantine (and logged).
@@ -81,7 +84,7 @@ class SegmentChecker:
                 # nothing to keep or to look at.
                 os.remove(path)
                 return Checked(path, problem="empty")
-            first, end = await self.run_blocking(self.validate, path, self.max_duration, decode)
+            first, end = await self._validated(path, decode)
         except InvalidSegment as failure:
             return self._set_aside(path, str(failure), who)
         except OSError as failure:
@@ -90,6 +93,50 @@ class SegmentChecker:
             )
             return Checked(path, problem=str(failure))
         return Checked(path, first, end, size)
+
+    def _validated(self, path: str, decode: bool) -> defer.Deferred[tuple[float, float]]:
+        """Validate off the reactor thread. The segments of many cameras close at
+        once: those that come while a validation runs are validated together, in
+        one trip to the thread pool."""
+        done: defer.Deferred[tuple[float, float]] = defer.Deferred()
+        self._queue.append((path, decode, done))
+        if not self._validating:
+            self._validate_queue()
+        return done
+
+    def _validate_queue(self) -> None:
+        batch, self._queue = self._queue, []
+        self._validating = True
+
+        def validated(results: list[tuple[bool, Any]]) -> None:
+            for (_, _, done), (ok, value) in zip(batch, results):
+                if ok:
+                    done.callback(value)
+                else:
+                    done.errback(value)
+
+        def failed(failure: Any) -> None:
+            for _, _, done in batch:
+                done.errback(failure)
+
+        def next_batch(_: object) -> None:
+            self._validating = False
+            if self._queue:
+                self._validate_queue()
+
+        d = self.run_blocking(self._validate_all, [(path, decode) for path, decode, _ in batch])
+        d.addCallbacks(validated, failed)
+        d.addBoth(next_batch)
+
+    def _validate_all(self, files: list[tuple[str, bool]]) -> list[tuple[bool, Any]]:
+        """In a thread: ``(True, span)`` or ``(False, exception)`` for each file."""
+        results: list[tuple[bool, Any]] = []
+        for path, decode in files:
+            try:
+                results.append((True, self.validate(path, self.max_duration, decode)))
+            except Exception as error:
+                results.append((False, error))
+        return results
 
     def _set_aside(self, path: str, why: str, who: str) -> Checked:
         try:

@@ -434,7 +434,9 @@ class Recorder:
             self._opened(run)
 
     def _log_child(self, line: str) -> None:
-        if line.strip():
+        # The segment muxer's "Opening 'seg000123.mp4' for writing", once per
+        # segment, says nothing the index does not.
+        if line.strip() and not line.endswith("' for writing"):
             log.debug("stream {stream_id}: {line}", stream_id=self.stream_id, line=line)
 
     def _opened(self, run: Run) -> None:

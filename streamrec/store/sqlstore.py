@@ -54,6 +54,9 @@ class SqlStore:
 
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
+        # Segments waiting for the insert transaction in flight to end (group commit).
+        self._new_segments: list[tuple[tuple[Any, ...], Deferred[int]]] = []
+        self._inserting = False
 
     @property
     def dialect(self) -> str:
@@ -321,8 +324,47 @@ class SqlStore:
     async def add_segment(
         self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
     ) -> int:
-        """Index a segment; the stream's totals follow in the same transaction."""
-        return await self._transaction(self._add_segment(stream_id, run_id, path, start, end, size))
+        """Index a segment; the stream's totals follow in the same transaction.
+
+        Segments that arrive while an insert is in flight go in together in
+        the next transaction: the segments of many cameras close at once,
+        and one transaction for them all keeps the database free for others.
+        """
+        done: Deferred[int] = Deferred()
+        self._new_segments.append(((stream_id, run_id, path, start, end, size), done))
+        if not self._inserting:
+            self._insert_segments()
+        return await done
+
+    def _insert_segments(self) -> None:
+        batch, self._new_segments = self._new_segments, []
+        self._inserting = True
+
+        def inserted(ids: list[int]) -> None:
+            for (_, done), segment_id in zip(batch, ids):
+                done.callback(segment_id)
+
+        def failed(failure: Any) -> None:
+            if len(batch) == 1:
+                batch[0][1].errback(failure)
+                return
+            for segment, done in batch:  # one at a time: only the bad one fails
+                self._transaction(self._add_segment(*segment)).chainDeferred(done)
+
+        def next_batch(_: object) -> None:
+            self._inserting = False
+            if self._new_segments:
+                self._insert_segments()
+
+        d = self._transaction(self._add_segments([segment for segment, _ in batch]))
+        d.addCallbacks(inserted, failed)
+        d.addBoth(next_batch)
+
+    def _add_segments(self, segments: list[tuple[Any, ...]]) -> Steps[list[int]]:
+        ids = []
+        for segment in segments:
+            ids.append((yield from self._add_segment(*segment)))
+        return ids
 
     def _shift_run(self, run_id: int, delta: float) -> Steps[None]:
         yield Query(

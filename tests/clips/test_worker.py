@@ -166,6 +166,18 @@ class WorkerTests(unittest.TestCase):
         self.assertTrue(ready)
 
     @defer.inlineCallbacks
+    def test_only_streams_with_waiting_jobs_wake_it(self):
+        future = yield defer.ensureDeferred(self.job(T - 10, T + 5))
+        yield defer.ensureDeferred(self.worker._tick())
+        self.assertEqual(self.worker.waiting, {future.stream_id})
+        ticks = []
+        self.patch(self.worker, "wake", lambda: ticks.append(1))
+        self.worker.recorded(future.stream_id + 1)
+        self.assertEqual(ticks, [])
+        self.worker.recorded(future.stream_id)
+        self.assertEqual(ticks, [1])
+
+    @defer.inlineCallbacks
     def test_interrupted_jobs_are_built_again(self):
         job = yield defer.ensureDeferred(self.job(T - 50, T - 45))
         yield defer.ensureDeferred(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -107,6 +108,30 @@ class CheckerTests(unittest.TestCase):
             self.assertTrue(checked.ok)
         yield defer.ensureDeferred(checker.check(self.path, thorough=True))
         self.assertEqual(self.decoded, [True, False, False, True, False, False, True])
+
+    @defer.inlineCallbacks
+    def test_segments_closing_together_are_validated_together(self):
+        trips: list[tuple[Any, defer.Deferred[Any]]] = []
+
+        def run_blocking(fn: Any, files: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            trips.append((lambda: fn(files), d))
+            return d
+
+        checker = SegmentChecker(layout=self.layout, run_blocking=run_blocking, max_duration=30)
+        bad = self.layout.segment_path(self.layout.run_dir(1, 1), 1)
+        with open(bad, "wb") as handle:
+            handle.write(b"garbage")
+        checks = [defer.ensureDeferred(checker.check(p)) for p in (self.path, self.path, bad)]
+        self.assertEqual(len(trips), 1, "the others wait for the first trip")
+        work, d = trips.pop()
+        d.callback(work())
+        self.assertEqual(len(trips), 1, "then go together")
+        work, d = trips.pop()
+        d.callback(work())
+        results = yield defer.gatherResults(checks)
+        self.assertEqual([r.ok for r in results], [True, True, False])
+        self.assertIsNotNone(results[2].quarantined_to)
 
     @defer.inlineCallbacks
     def test_an_empty_file_is_removed(self):

@@ -213,6 +213,32 @@ class StoreTestsMixin:
             await self.store.add_segment(stream, run_id, f"/data/{stream}/0.mp4", 0, 1, 1)
 
     @run
+    async def test_segments_closing_together_go_in_together(self) -> None:
+        stream, run_id = await self.recording()
+        inserts = [
+            defer.ensureDeferred(
+                self.store.add_segment(
+                    stream, run_id, f"/data/{stream}/b{n}.mp4", NOW + 10 + n, NOW + 11 + n, 10
+                )
+            )
+            for n in range(5)
+        ]
+        # The same path again: only this one fails, in a batch with others.
+        inserts.insert(
+            3,
+            defer.ensureDeferred(
+                self.store.add_segment(stream, run_id, f"/data/{stream}/0.mp4", 0, 1, 1)
+            ),
+        )
+        results = await defer.DeferredList(inserts, consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [True, True, True, False, True, True])
+        self.assertIsInstance(results[3][1].value, self.integrity_error)
+        ids = [value for ok, value in results if ok]
+        self.assertEqual(len(set(ids)), 5)
+        self.assertEqual(await self.kept(stream), await self.summed(stream))
+        self.assertEqual((await self.store.totals(stream)).segments, 8)
+
+    @run
     async def test_shift_run(self) -> None:
         stream, run_id = await self.recording()
         other_run = await self.store.open_run(stream, NOW + 100)
