@@ -157,9 +157,9 @@ class SqlStore:
 
     _WITH_TOTALS = (
         f"SELECT {', '.join('streams.' + c.strip() for c in _STREAM_COLUMNS.split(','))},"
-        " stream_totals.segments, stream_totals.seconds, stream_totals.bytes,"
-        " stream_totals.first_start, stream_totals.last_end"
-        " FROM streams JOIN stream_totals ON stream_totals.stream_id = streams.id"
+        " COALESCE(stream_totals.segments, 0), COALESCE(stream_totals.seconds, 0),"
+        " COALESCE(stream_totals.bytes, 0), stream_totals.first_start, stream_totals.last_end"
+        " FROM streams LEFT JOIN stream_totals ON stream_totals.stream_id = streams.id"
     )
 
     @classmethod
