@@ -37,6 +37,7 @@ bounded; every process is stopped at the end, even after an error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -248,15 +249,60 @@ def bare_segmenters(ports: list[int], work: str, warmup: float, window: float) -
         shutil.rmtree(work, ignore_errors=True)
 
 
-class Prober(threading.Thread):
-    """One client: status of every stream in turn, and the list once a second."""
+class FloorServer:
+    """The latency floor of the box under the same load: a bare ``twistd web``
+    serving a file as large as a status answer, asked by the same client in
+    turn with the service. What it takes is the client's, the kernel's and
+    Twisted's share; the rest of the service's time is its own."""
 
-    def __init__(self, api: Api, stream_ids: list[int]) -> None:
+    def __init__(self, work: str, body: bytes) -> None:
+        self.root = os.path.join(work, "floor")
+        os.makedirs(self.root, exist_ok=True)
+        with open(os.path.join(self.root, "status.json"), "wb") as handle:
+            handle.write(body)
+        self.port = free_tcp_port()
+        self.log = open(os.path.join(work, "floor.log"), "ab")
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        self.proc = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "web", "--path", self.root]
+            + ["--listen", f"tcp:{self.port}:interface={HOST}"],
+            cwd=work,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://{HOST}:{self.port}/status.json"
+
+    def wait(self, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as answer:
+                    answer.read()
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise BenchError("the floor server did not answer")
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGTERM)
+        self.log.close()
+
+
+class Prober(threading.Thread):
+    """One client: status of every stream in turn, and the list once a second;
+    the floor server after each status."""
+
+    def __init__(self, api: Api, stream_ids: list[int], floor: FloorServer) -> None:
         super().__init__(daemon=True)
         self.api = api
         self.stream_ids = stream_ids
+        self.floor = floor
         self.status_ms: list[float] = []
         self.list_ms: list[float] = []
+        self.floor_ms: list[float] = []
         self.errors = 0
         self.halt = threading.Event()
 
@@ -271,8 +317,20 @@ class Prober(threading.Thread):
             self._time(
                 self.status_ms, f"/streams/{self.stream_ids[i % len(self.stream_ids)]}/status"
             )
+            self._time_floor()
             i += 1
             self.halt.wait(0.02)
+
+    def _time_floor(self) -> None:
+        import urllib.request
+
+        t = time.monotonic()
+        try:
+            with urllib.request.urlopen(self.floor.url, timeout=10) as answer:
+                answer.read()
+        except OSError:
+            self.errors += 1
+        self.floor_ms.append(1000 * (time.monotonic() - t))
 
     def _time(self, into: list[float], path: str) -> None:
         t = time.monotonic()
@@ -326,13 +384,32 @@ def start_all(api: Api, ids: list[int], parallel: int = 8) -> list[float]:
         return list(pool.map(start, ids))
 
 
+def profile(pid: int, seconds: float, into: str) -> subprocess.Popen | None:
+    """py-spy, sampling the service (all threads, raw stacks) for ``seconds``."""
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(spy):
+        print("  --profile: py-spy is not installed", flush=True)
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--nonblocking", "--threads", "--format", "raw", "--rate", "200"]
+        + ["--duration", str(int(seconds)), "--pid", str(pid), "--output", into],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def with_service(
-    ports: list[int], work: str, warmup: float, window: float, repo: str | None = None
+    ports: list[int],
+    work: str,
+    warmup: float,
+    window: float,
+    repo: str | None = None,
+    profile_to: str | None = None,
 ) -> dict:
     os.makedirs(work)
     service = ServiceProcess(work, free_tcp_port(), repo or REPO)
     api = service.start()
-    prober = None
+    prober = floor = spy = None
     try:
         ids = [
             api.ok("POST", "/streams/create", url=f"udp://{HOST}:{port}")["stream_id"]
@@ -348,13 +425,20 @@ def with_service(
         begin = time.time()
         time.sleep(window)
         result = {"service": mine.end(), "ffmpeg": theirs.end()}
-        prober = Prober(api, ids)
+        floor = FloorServer(work, json.dumps(api.ok("GET", f"/streams/{ids[0]}/status")).encode())
+        floor.wait()
+        prober = Prober(api, ids, floor)
+        busy_seconds = min(window, 20.0)
+        if profile_to:
+            spy = profile(service.pid, busy_seconds, profile_to)
         prober.start()
         busy = Sample([service.pid])
-        time.sleep(min(window, 20.0))
+        time.sleep(busy_seconds)
         result["service_busy"] = busy.end()
         prober.halt.set()
         prober.join(10)
+        if spy is not None:
+            spy.wait(30)
         end = time.time()
         time.sleep(3)  # the last segment of the window closes
         covered = [coverage(api, sid, begin, end) for sid in ids]
@@ -364,6 +448,8 @@ def with_service(
             status_p99=percentile(prober.status_ms, 0.99),
             list_p50=percentile(prober.list_ms, 0.5),
             list_p99=percentile(prober.list_ms, 0.99),
+            floor_p50=percentile(prober.floor_ms, 0.5),
+            floor_p99=percentile(prober.floor_ms, 0.99),
             api_errors=prober.errors,
             covered=covered,
             window=end - begin,
@@ -372,6 +458,8 @@ def with_service(
     finally:
         if prober is not None:
             prober.halt.set()
+        if floor is not None:
+            floor.stop()
         print(f"  service: {service.stop(timeout=60)}", flush=True)
         relaunches = subprocess.run(
             ["grep", "-c", "relaunched\\|probing", service.log_path], capture_output=True, text=True
@@ -405,6 +493,8 @@ def report(n: int, bare: dict, svc: dict) -> list[str]:
         f"{f' ({n - len(started)} failed)' if len(started) < n else ''} |",
         f"| status p50 / p99 | - | {svc['status_p50']:.1f} / {svc['status_p99']:.1f} ms |",
         f"| /streams/ p50 / p99 | - | {svc['list_p50']:.1f} / {svc['list_p99']:.1f} ms |",
+        f"| same-size file from a bare twistd web, p50 / p99 | {svc['floor_p50']:.1f} / "
+        f"{svc['floor_p99']:.1f} ms | (asked in turn with status) |",
         f"| coverage of a {svc['window']:.0f} s window | - | {fully}/{n} streams >= 99.9 %, "
         f"min {min(svc['covered']):.2%} |",
         f"| API errors | - | {svc['api_errors']} |",
@@ -421,6 +511,11 @@ def main() -> int:
     parser.add_argument(
         "--service-repo",
         help="run the service from this checkout (e.g. an older release) instead of this tree",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the service with py-spy while the API is asked (raw stacks, DIR/N.txt)",
     )
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
@@ -448,6 +543,7 @@ def main() -> int:
                     args.warmup,
                     args.window,
                     args.service_repo,
+                    os.path.join(args.profile, f"{n}.txt") if args.profile else None,
                 )
                 sender_cpu = sent.end()["cpu"]
             finally:

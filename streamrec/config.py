@@ -27,6 +27,11 @@ class Config:
     clip_ttl: float = 7 * 86400.0
     retention_interval: float = 60.0
     reconnect_max: float = 30.0
+    # Several nodes on one database: this node's name (default: the host name),
+    # how many streams it records at most (0: no limit), and the lease length.
+    node: str = ""
+    max_streams: int = 0
+    lease_seconds: float = 15.0
     # Settings of plugins by name: the [NAME] sections of the --config file.
     plugin_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from .cluster import CHANNEL, Node
 from .errors import (
     AlreadyStarted,
     BadRequest,
+    CannotStart,
     CannotStop,
     NotStarted,
     StatusUnavailable,
@@ -20,72 +24,36 @@ from .errors import (
 )
 from .plugins import ClipEncoder, StorageBackend
 from .recorder.fleet import Recorders
-from .recorder.supervisor import Recorder
+from .recorder.supervisor import DISK_FULL, RECONNECTING, RECORDING, STARTING, Recorder
 from .sources import validate_source_url
 from .store import Clip, SqlStore, Stream
 from .views import job_json, stream_json
 
 log = Logger(namespace="streamrec.core")
 
+#: Seconds between looks at the database while another node starts or stops a stream.
+WAIT_STEP = 0.1
 
-class Streams:
-    """Streams and what is done with them, as the API offers it."""
+
+class RecorderEvents:
+    """What the recorders of this node report, passed on: to the store (the state
+    every node answers with), the plugins' hooks, the clip worker and the janitor."""
 
     def __init__(
         self,
         *,
-        reactor: Any,
         store: SqlStore,
-        recorders: Recorders,
+        node: str,
         notify: Callable[..., None],
-        encoders: Mapping[str, ClipEncoder],
-        default_encoder: str,
-        max_clip_seconds: float,
-        storage: StorageBackend | None = None,
-        wake_worker: Callable[[], None] = lambda: None,
         recorded: Callable[[int], None] = lambda stream_id: None,
         space_short: Callable[[], Any] = lambda: None,
     ) -> None:
-        self.reactor = reactor
         self.store = store
-        self.recorders = recorders
+        self.node = node
         self.notify = notify
-        self.encoders = encoders
-        self.default_encoder = default_encoder
-        self.max_clip_seconds = max_clip_seconds
-        self.wake_worker = wake_worker
         self.recorded = recorded
         self.space_short = space_short
-        # Backends whose links expire (presigned URLs) make a new one per answer.
-        self._link: Callable[[str], str] | None = getattr(storage, "link", None)
-        self._locks: dict[int, defer.DeferredLock] = {}
 
-    def now(self) -> float:
-        return self.reactor.seconds()
-
-    async def _stream(self, stream_id: int) -> Stream:
-        stream = await self.store.get_stream(stream_id)
-        if stream is None:
-            raise StreamNotFound(stream_id)
-        return stream
-
-    def _recorder(self, stream: Stream) -> Recorder:
-        return self.recorders.for_stream(stream, listener=self)
-
-    async def _one_at_a_time(
-        self, stream_id: int, step: Callable[[int], Coroutine[Any, Any, None]]
-    ) -> None:
-        """Start and stop of one stream happen one after the other."""
-        lock = self._locks.setdefault(stream_id, defer.DeferredLock())
-        await lock.run(lambda: defer.ensureDeferred(step(stream_id)))
-
-    def is_recording(self, stream_id: int) -> bool:
-        return self.recorders.is_recording(stream_id)
-
-    def fresh_link(self, clip: Clip) -> str:
-        return self._link(clip.storage_key) if self._link is not None else clip.link
-
-    # -- recorder listener ---------------------------------------------------
     def segment_closed(
         self, stream_id: int, segment_id: int, path: str, start: float, end: float
     ) -> None:
@@ -100,9 +68,8 @@ class Streams:
         )
 
     def state_changed(self, stream_id: int, state: str, error: str | None) -> None:
-        if error is not None:
-            d = defer.ensureDeferred(self.store.set_last_error(stream_id, error))
-            d.addErrback(lambda f: log.failure("cannot record the last error", f))
+        d = defer.ensureDeferred(self.store.set_recorder_state(stream_id, self.node, state, error))
+        d.addErrback(lambda f: log.failure("cannot record the recorder's state", f))
         self.notify("stream_state_changed", stream_id=stream_id, state=state, error=error)
 
     def disk_full(self, stream_id: int) -> None:
@@ -112,6 +79,66 @@ class Streams:
         d = defer.ensureDeferred(self.store.set_source_audio(stream_id, codec))
         d.addErrback(lambda f: log.failure("cannot record the source's audio codec", f))
 
+
+class Streams:
+    """Streams and what is done with them, as the API offers it."""
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        store: SqlStore,
+        recorders: Recorders,
+        node: Node,
+        events: RecorderEvents,
+        notify: Callable[..., None],
+        encoders: Mapping[str, ClipEncoder],
+        default_encoder: str,
+        max_clip_seconds: float,
+        storage: StorageBackend | None = None,
+        wake_worker: Callable[[], None] = lambda: None,
+        stop_wait: float = 20.0,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.recorders = recorders
+        self.node = node
+        self.locks = node.locks
+        self.events = events
+        self.notify = notify
+        self.encoders = encoders
+        self.default_encoder = default_encoder
+        self.max_clip_seconds = max_clip_seconds
+        self.wake_worker = wake_worker
+        self.stop_wait = stop_wait
+        # Backends whose links expire (presigned URLs) make a new one per answer.
+        self._link: Callable[[str], str] | None = getattr(storage, "link", None)
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    async def _stream(self, stream_id: int) -> Stream:
+        stream = await self.store.get_stream(stream_id)
+        if stream is None:
+            raise StreamNotFound(stream_id)
+        return stream
+
+    def _recorder(self, stream: Stream) -> Recorder:
+        return self.recorders.for_stream(stream, listener=self.events)
+
+    async def _one_at_a_time(
+        self, stream_id: int, step: Callable[[int], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Start and stop of one stream (and the node taking or leaving it) happen
+        one after the other."""
+        await self.locks.run(stream_id, lambda: step(stream_id))
+
+    def is_recording(self, stream_id: int) -> bool:
+        return self.recorders.is_recording(stream_id)
+
+    def fresh_link(self, clip: Clip) -> str:
+        return self._link(clip.storage_key) if self._link is not None else clip.link
+
     # -- the API's calls --------------------------------------------------------
     async def create(self, url: str, description: str, max_age: float | None = None) -> int:
         validate_source_url(url)
@@ -119,10 +146,19 @@ class Streams:
             raise BadRequest("max_age must be a positive number of seconds")
         return await self.store.create_stream(url, description, self.now(), max_age)
 
+    def _live(self, stream: Stream) -> dict[str, Any]:
+        """What the stream's recorder reports: this node's own, or, when another
+        node records it, the state that node wrote."""
+        recorder = self.recorders.get(stream.id)
+        if recorder is not None and (recorder.wanted or recorder.busy()):
+            return recorder.status()
+        if not stream.wanted:
+            return {}
+        return {"state": stream.recorder_state if stream.owner else STARTING}
+
     async def list(self) -> list[dict[str, Any]]:
-        live = self.recorders.live_status
         return [
-            stream_json(stream, totals, live(stream.id))
+            stream_json(stream, totals, self._live(stream))
             for stream, totals in await self.store.streams_with_totals()
         ]
 
@@ -135,20 +171,61 @@ class Streams:
         if found is None:
             raise StreamNotFound(stream_id)
         stream, totals = found
-        return stream_json(stream, totals, self.recorders.live_status(stream_id))
+        return stream_json(stream, totals, self._live(stream))
 
     async def start(self, stream_id: int) -> None:
         await self._one_at_a_time(stream_id, self._start)
 
     async def _start(self, stream_id: int) -> None:
         stream = await self._stream(stream_id)
-        recorder = self._recorder(stream)
-        if stream.wanted or recorder.wanted:
+        recorder = self.recorders.get(stream_id)
+        if stream.wanted or (recorder is not None and recorder.wanted):
             raise AlreadyStarted(stream_id)
         requested = self.now()
-        await recorder.start()  # raises CannotStart
-        await self.store.mark_started(stream_id, requested)
+        if self.node.has_room():
+            await self._start_here(stream, requested)
+        else:
+            await self._start_elsewhere(stream, requested)
         self.notify("stream_started", stream_id=stream_id, url=stream.url)
+
+    async def _start_here(self, stream: Stream, requested: float) -> None:
+        node = self.node
+        lease = await self.store.claim_to_start(node.node_name, node.lease_seconds, stream.id)
+        if lease is None:
+            # Another node holds it: starting it for a start asked there at the
+            # same moment, or still closing the recording a stop ended.
+            raise AlreadyStarted(stream.id)
+        try:
+            await self._recorder(stream).start(lease.epoch)  # raises CannotStart
+        except BaseException:
+            await self.store.release_leases(node.node_name, [stream.id])
+            raise
+        await self.store.mark_started(stream.id, requested)
+        node.held[stream.id] = replace(lease, wanted=True)
+
+    async def _start_elsewhere(self, stream: Stream, requested: float) -> None:
+        """This node is full: another node with room takes the stream; answer once
+        it records (or failed to)."""
+        nodes = await self.store.live_nodes()
+        if not any(n.max_streams is None or n.holds < n.max_streams for n in nodes):
+            raise CannotStart("no node has room for another stream (see --max-streams)")
+        await self.store.mark_started(stream.id, requested)
+        await self.store.notify(CHANNEL, f"start {stream.id}")
+        deadline = self.now() + self.stop_wait
+        while self.now() < deadline:
+            await deferLater(self.reactor, WAIT_STEP, lambda: None)
+            now = await self._stream(stream.id)
+            if now.epoch > stream.epoch and now.recorder_state == RECORDING:
+                return
+            if now.epoch > stream.epoch and now.recorder_state in (RECONNECTING, DISK_FULL):
+                await self._give_up_start(stream.id)
+                raise CannotStart(now.last_error or f"node {now.owner} could not start it")
+        await self._give_up_start(stream.id)
+        raise CannotStart("no node started the stream in time")
+
+    async def _give_up_start(self, stream_id: int) -> None:
+        await self.store.mark_stopped(stream_id, self.now())
+        await self.store.notify(CHANNEL, f"stop {stream_id}")
 
     async def stop(self, stream_id: int) -> None:
         await self._one_at_a_time(stream_id, self._stop)
@@ -156,17 +233,38 @@ class Streams:
     async def _stop(self, stream_id: int) -> None:
         stream = await self._stream(stream_id)
         recorder = self.recorders.get(stream_id)
-        if not stream.wanted and (recorder is None or not recorder.wanted):
+        here = recorder is not None and recorder.wanted
+        if not stream.wanted and not here:
             raise NotStarted(stream_id)
         await self.store.mark_stopped(stream_id, self.now())
-        if recorder is not None:
+        if recorder is not None and here:
             try:
                 await recorder.stop()
             except Exception as failure:
                 log.failure("stream {stream_id}: stop failed", stream_id=stream_id)
                 raise CannotStop(str(failure)) from failure
+            self.node.held.pop(stream_id, None)
+            await self.store.release_leases(self.node.node_name, [stream_id])
+        elif stream.owner is not None:
+            await self.store.notify(CHANNEL, f"stop {stream_id}")
+            await self._released(stream)
         self.wake_worker()
         self.notify("stream_stopped", stream_id=stream_id)
+
+    async def _released(self, stream: Stream) -> None:
+        """Wait (a bounded while) for the node recording ``stream`` to close its
+        last segment and let go; it does anyway, at its next lease round."""
+        deadline = self.now() + self.stop_wait
+        while self.now() < deadline:
+            await deferLater(self.reactor, WAIT_STEP, lambda: None)
+            now = await self._stream(stream.id)
+            if now.owner is None or now.epoch != stream.epoch:
+                return
+        log.warn(
+            "stream {stream_id}: node {node} has not let go yet; it stops at its next round",
+            stream_id=stream.id,
+            node=stream.owner,
+        )
 
     async def get_clip(
         self,
@@ -211,16 +309,10 @@ class Streams:
         return job_json(job, self.fresh_link)
 
     # -- service life -------------------------------------------------------
-    async def resume_all(self) -> None:
-        """Start recording again every stream that was started before."""
-        for stream in await self.store.list_streams():
-            if stream.wanted:
-                log.info("stream {stream_id}: resuming recording", stream_id=stream.id)
-                self._recorder(stream).resume()
-                self.notify("stream_started", stream_id=stream.id, url=stream.url)
-
     async def shutdown(self) -> None:
-        """Stop every recorder gracefully; the wanted state stays for the restart."""
+        """Hand the streams over to the other nodes, then stop every recorder
+        gracefully; the wanted state stays for them (or for the restart)."""
+        await self.node.hand_over()
         await self.recorders.stop_all()
 
 

@@ -2,9 +2,11 @@
 
 Everything is built beforehand (:func:`streamrec.tap.build_service`) and
 handed in. Starting is a sequence: migrate the store, recover what a dead
-predecessor left, listen, start the worker and the janitor, resume the
-streams that were recording. Stopping undoes it, recorders first, so their
-last segments are closed and indexed before the store closes.
+predecessor left, listen, start the worker and the janitor, join the nodes
+on the database (and so take the started streams this node is to record).
+Stopping undoes it: the streams are handed over to the other nodes, then the
+recorders stop, so their last segments are closed and indexed before the
+store closes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from twisted.web.server import Site
 
 from .api import StreamrecAPI
 from .clips.worker import ClipWorker
+from .cluster import Node
 from .core import Streams
 from .janitor import Janitor
 from .recorder.indexing import SegmentChecker
@@ -42,6 +45,7 @@ class StreamrecService(MultiService):
         layout: SegmentLayout,
         checker: SegmentChecker,
         streams: Streams,
+        node: Node,
         api: StreamrecAPI,
         worker: ClipWorker,
         janitor: Janitor,
@@ -55,6 +59,7 @@ class StreamrecService(MultiService):
         self.layout = layout
         self.checker = checker
         self.streams = streams
+        self.node = node
         self.api = api
         self.worker = worker
         self.janitor = janitor
@@ -80,7 +85,11 @@ class StreamrecService(MultiService):
         version = await self.store.migrate()
         log.info("database schema version {version}", version=version)
         report = await recover(
-            reactor=self.reactor, store=self.store, layout=self.layout, checker=self.checker
+            reactor=self.reactor,
+            store=self.store,
+            layout=self.layout,
+            checker=self.checker,
+            node=self.node.node_name,
         )
         if report.indexed or report.quarantined or report.orphans:
             log.info(
@@ -98,8 +107,9 @@ class StreamrecService(MultiService):
         self.port = await endpoint.listen(site)
         self.worker.setServiceParent(self)
         self.janitor.setServiceParent(self)
+        self.node.setServiceParent(self)
         if self.running:
-            await self.streams.resume_all()
+            await self.node.join()  # takes the streams this node is to record
         log.info(
             "streamrec listening on {listen}, links under {url}, data in {data}",
             listen=self.listen,

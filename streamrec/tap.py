@@ -14,8 +14,9 @@ from twisted.python import usage
 
 from .api import StreamrecAPI
 from .clips.worker import ClipWorker
+from .cluster import Node, StreamLocks, default_node_name
 from .config import Config, ConfigError, plugin_config, public_url
-from .core import Streams
+from .core import RecorderEvents, Streams
 from .janitor import Janitor, Retention
 from .media.ffmpeg import find_ffmpeg
 from .plugins import (
@@ -28,7 +29,7 @@ from .plugins import (
 )
 from .recorder.command import SegmenterSettings, parent_death_launcher
 from .recorder.fleet import Recorders
-from .recorder.indexing import SegmentChecker
+from .recorder.indexing import SegmentChecker, paced
 from .recorder.layout import SegmentLayout
 from .recorder.supervisor import Recorder
 from .service import StreamrecService
@@ -160,6 +161,26 @@ class Options(usage.Options):
             "Longest wait between reconnection attempts, in seconds.",
             duration,
         ],
+        [
+            "node",
+            None,
+            "",
+            "This node's name among the nodes sharing a database (default: the host name).",
+        ],
+        [
+            "max-streams",
+            None,
+            DEFAULTS.max_streams,
+            "Streams this node records at most (0: no limit).",
+            int,
+        ],
+        [
+            "lease-seconds",
+            None,
+            DEFAULTS.lease_seconds,
+            "How long a node's hold on a stream lasts unless renewed (renewed every third).",
+            duration,
+        ],
     ]
     optFlags = [
         ["no-plugins", None, "Do not load installed plugins (entry points)."],
@@ -247,11 +268,15 @@ def build_service(
     encoders, unavailable = build_encoders(pm, context, config.encoder)
     storage = storage_factories[config.storage](context)
     store = open_store(config.database or "sqlite:", data_dir, reactor=reactor)
+    node_name = config.node or default_node_name()
+    if config.lease_seconds < 1:
+        raise ConfigError("--lease-seconds must be at least 1")
     layout = SegmentLayout(data_dir)
     checker = SegmentChecker(
         layout=layout,
         run_blocking=run_blocking,
         max_duration=min(10 * config.segment_seconds + 10, LONGEST_SEGMENT),
+        cooperator=paced(reactor),
     )
     notify = notifier(pm)
     recorders = Recorders(
@@ -266,6 +291,7 @@ def build_service(
             start_timeout=config.start_timeout,
             reconnect_max=config.reconnect_max,
             launcher=parent_death_launcher(),
+            node=node_name,
         )
     )
     worker = ClipWorker(
@@ -293,18 +319,36 @@ def build_service(
         in_use=worker.paths_in_use,
         run_blocking=run_blocking,
     )
+    events = RecorderEvents(
+        store=store,
+        node=node_name,
+        notify=notify,
+        recorded=worker.recorded,
+        space_short=janitor.run_now,
+    )
+    node = Node(
+        reactor=reactor,
+        store=store,
+        recorders=recorders,
+        listener=events,
+        locks=StreamLocks(),
+        name=node_name,
+        public_url=links,
+        max_streams=config.max_streams or None,
+        lease_seconds=config.lease_seconds,
+    )
     streams = Streams(
         reactor=reactor,
         store=store,
         recorders=recorders,
+        node=node,
+        events=events,
         notify=notify,
         encoders=encoders,
         default_encoder=config.encoder,
         max_clip_seconds=config.max_clip_seconds,
         storage=storage,
         wake_worker=worker.wake,
-        recorded=worker.recorded,
-        space_short=janitor.run_now,
     )
     plugins = {
         "plugins": plugin_names(pm),
@@ -322,6 +366,7 @@ def build_service(
         layout=layout,
         checker=checker,
         streams=streams,
+        node=node,
         api=StreamrecAPI(streams, storage.resource(), plugins),
         worker=worker,
         janitor=janitor,

@@ -22,6 +22,7 @@ def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict
         "started": stream.wanted,
         "max_age": stream.max_age,
         "state": live.get("state", "stopped"),
+        "node": stream.owner,
         "last_error": live.get("last_error") or stream.last_error,
         "reconnects": live.get("reconnects", 0),
         "last_segment_at": totals.last,

@@ -19,6 +19,7 @@ from streamrec.recorder.fleet import Recorders
 from streamrec.store import JOB_DONE, Clip, open_store
 
 from .support.fakes import FakeRecorder
+from .support.harness import one_node
 
 
 class FakeEncoder:
@@ -40,10 +41,12 @@ class APIBase(unittest.TestCase):
         self.recorders: dict[int, FakeRecorder] = {}
         self.fail_start: str | None = None
         self.clock_offset = 0.0
+        recorders = Recorders(make=self._make_recorder)
         self.streams = Streams(
             reactor=reactor,
             store=self.store,
-            recorders=Recorders(make=self._make_recorder),
+            recorders=recorders,
+            **one_node(reactor, self.store, recorders),
             notify=lambda *a, **k: None,
             encoders={"copy": Encoder(), "timelapse": FakeEncoder()},
             default_encoder="copy",

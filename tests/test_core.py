@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from streamrec.core import Streams
+from streamrec.core import RecorderEvents, Streams
 from streamrec.errors import (
     AlreadyStarted,
     BadRequest,
@@ -24,7 +24,7 @@ from streamrec.recorder.fleet import Recorders
 from streamrec.store import JOB_DONE, Clip
 
 from .support.fakes import FakeRecorder
-from .support.harness import sqlite_store
+from .support.harness import one_node, sqlite_store
 
 
 class Scaled(Encoder):
@@ -56,11 +56,14 @@ class StreamsTests(unittest.TestCase):
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.wakes = 0
         self.storage = Storage()
+        recorders = Recorders(make=self._make)
+        notify = lambda hook, **kw: self.events.append((hook, kw))  # noqa: E731
         self.streams = Streams(
             reactor=self.clock,
             store=self.store,
-            recorders=Recorders(make=self._make),
-            notify=lambda hook, **kw: self.events.append((hook, kw)),
+            recorders=recorders,
+            **one_node(self.clock, self.store, recorders, notify),
+            notify=notify,
             encoders={"copy": Encoder(), "scaled": Scaled()},
             default_encoder="copy",
             max_clip_seconds=600,
@@ -70,7 +73,7 @@ class StreamsTests(unittest.TestCase):
         return defer.ensureDeferred(self.store.migrate())
 
     def _make(self, stream_id: int, url: str, listener: Any, **_: Any) -> FakeRecorder:
-        self.assertIs(listener, self.streams)
+        self.assertIsInstance(listener, RecorderEvents)
         recorder = self.made[stream_id] = FakeRecorder(self.fail_start)
         return recorder
 
@@ -121,13 +124,16 @@ class StreamsTests(unittest.TestCase):
         yield self.assertFailure(defer.ensureDeferred(self.streams.status(99)), StreamNotFound)
 
     @defer.inlineCallbacks
-    def test_resume_all_restarts_what_was_recording(self):
+    def test_joining_again_restarts_what_was_recording(self):
         first = yield defer.ensureDeferred(self.started())
         second = yield defer.ensureDeferred(self.streams.create("rtsp://cam/2", "", None))
         self.made.clear()
         yield defer.ensureDeferred(self.streams.shutdown())
-        self.streams.recorders.by_stream.clear()  # a new process
-        yield defer.ensureDeferred(self.streams.resume_all())
+        # A new process: new recorders, a new node of the same name.
+        recorders = Recorders(make=self._make)
+        node = one_node(self.clock, self.store, recorders)["node"]
+        self.streams.recorders = node.recorders
+        yield defer.ensureDeferred(node.join())
         self.assertEqual(list(self.made), [first])
         self.assertEqual(self.made[first].calls, ["resume"])
         self.assertFalse(self.streams.is_recording(second))

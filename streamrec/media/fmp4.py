@@ -13,6 +13,7 @@ writes clips from these tables.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterator
@@ -508,7 +509,7 @@ def _read_segment_fd(path: str, fd: int) -> Segment:
         if not _plausible_type(box.type):
             break  # garbage
         if box.type == b"moov":
-            init = _parse_moov(os.pread(fd, box.size - box.header, box.pos + box.header))
+            init = _parsed_moov(os.pread(fd, box.size - box.header, box.pos + box.header))
             tracks = {tid: Samples() for tid in init.tracks}
         elif box.type == b"moof" and init is not None:
             buf = os.pread(fd, box.size - box.header, box.pos + box.header)
@@ -524,6 +525,10 @@ def _read_segment_fd(path: str, fd: int) -> Segment:
     if not tracks[init.video.track_id].dts:
         raise Mp4Error("no complete video fragment")
     return Segment(path, init, tracks)
+
+
+#: Every segment of a run starts with the same moov: parsed once (never changed after).
+_parsed_moov = functools.lru_cache(maxsize=1024)(lambda buf: _parse_moov(buf))
 
 
 def _plausible_type(typ: bytes) -> bool:

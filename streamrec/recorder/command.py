@@ -42,6 +42,26 @@ _SHORT_PROBE_WORDS = (
 )
 
 
+DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded")
+
+#: Words of ffmpeg's stderr lines that tell why it stopped.
+ERROR_WORDS = (
+    *("error", "refused", "not found", "invalid", "failed", "denied", "unauthorized"),
+    *("forbidden", "timed out", "timeout", "no route", "unreachable", "no such"),
+    *("unsupported", "not allowed", "cannot"),
+)
+
+
+def explain(lines: list[str]) -> str:
+    """The most telling of ffmpeg's last stderr lines."""
+    meaningful = [line for line in lines if line.strip()]
+    for line in reversed(meaningful):
+        lowered = line.lower()
+        if any(word in lowered for word in ERROR_WORDS):
+            return line.strip()
+    return meaningful[-1].strip() if meaningful else "ffmpeg exited"
+
+
 @dataclass(frozen=True)
 class SegmenterSettings:
     segment_seconds: float = 2.0

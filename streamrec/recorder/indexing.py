@@ -1,8 +1,14 @@
 """Checking a closed segment file before it enters the index.
 
 One way for every file that enters the index, whether the live recorder
-reports it or recovery finds it on disk after a crash: validate it (off the
-reactor thread), and move a bad one to quarantine. Where a good one lies on
+reports it or recovery finds it on disk after a crash: validate it, and move
+a bad one to quarantine. Its structure is read on the reactor thread: that is
+pure Python over a few kilobytes, which a thread would only make wait for the
+GIL, and the reactor with it. The segments of a hundred cameras close in the
+same instant, so they are read one after another by a
+:class:`~twisted.internet.task.Cooperator`, which hands the reactor back every
+few milliseconds: the API answers between them. A decode (PyAV, which lets
+the GIL go) runs in a thread. Where a good one lies on
 the wall clock is :mod:`streamrec.recorder.timeline`'s business; the caller
 then adds it to the store.
 """
@@ -10,21 +16,39 @@ then adds it to the store.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from .layout import SegmentLayout
-from .validate import InvalidSegment, validate_segment
+from .validate import InvalidSegment, inspect_segment, validate_segment
 
 log = Logger(namespace="streamrec.recorder")
 
 #: One segment in this many is also decoded, whatever its structure says (the
 #: first of every run is: see the recorder).
 DECODE_EVERY = 500
+
+#: Seconds of segment reading at most before the reactor gets its turn.
+SLICE = 0.004
+
+
+def paced(reactor: Any, slice_seconds: float = SLICE) -> task.Cooperator:
+    """A Cooperator that works for ``slice_seconds`` at a time, then lets the
+    reactor handle what is waiting."""
+
+    def until_slice_ends() -> Callable[[], bool]:
+        end = reactor.seconds() + slice_seconds
+        return lambda: reactor.seconds() >= end
+
+    return task.Cooperator(
+        terminationPredicateFactory=until_slice_ends,
+        scheduler=lambda work: reactor.callLater(0, work),
+    )
 
 
 @dataclass(frozen=True)
@@ -57,17 +81,24 @@ class SegmentChecker:
         run_blocking: Callable[..., defer.Deferred[Any]],
         max_duration: float,
         validate: Callable[[str, float, bool], tuple[float, float]] = validate_segment,
+        inspect: Callable[[str, float], tuple[float, float, list[str]]] = inspect_segment,
         decode_every: int = DECODE_EVERY,
+        cooperator: task.Cooperator | None = None,
     ) -> None:
         self.layout = layout
         self.run_blocking = run_blocking
         self.max_duration = max_duration
         self.validate = validate
+        self.inspect = inspect
         self.decode_every = decode_every
         self.checked = 0
         # Files waiting for the validation in flight to end: validated together.
         self._queue: list[tuple[str, bool, defer.Deferred[tuple[float, float]]]] = []
         self._validating = False
+        # Files waiting for their structure to be read (None: read at once).
+        self.cooperator = cooperator
+        self._to_inspect: deque[tuple[str, defer.Deferred[Any]]] = deque()
+        self._inspecting = False
 
     async def check(self, path: str, who: str = "", thorough: bool = False) -> Checked:
         """Validate ``path``; a bad segment is moved to quarantine (and logged).
@@ -84,7 +115,12 @@ class SegmentChecker:
                 # nothing to keep or to look at.
                 os.remove(path)
                 return Checked(path, problem="empty")
-            first, end = await self._validated(path, decode)
+            if decode:
+                first, end = await self._validated(path, decode)
+            else:
+                first, end, doubts = await self._inspected(path)
+                if doubts:
+                    first, end = await self._validated(path, True)
         except InvalidSegment as failure:
             return self._set_aside(path, str(failure), who)
         except OSError as failure:
@@ -94,10 +130,30 @@ class SegmentChecker:
             return Checked(path, problem=str(failure))
         return Checked(path, first, end, size)
 
+    def _inspected(self, path: str) -> defer.Deferred[Any]:
+        """The structure of ``path``, read on the reactor thread at the Cooperator's pace."""
+        if self.cooperator is None:
+            return defer.maybeDeferred(self.inspect, path, self.max_duration)
+        done: defer.Deferred[Any] = defer.Deferred()
+        self._to_inspect.append((path, done))
+        if not self._inspecting:
+            self._inspecting = True
+            self.cooperator.cooperate(self._inspect_all())
+        return done
+
+    def _inspect_all(self) -> Iterator[None]:
+        try:
+            while self._to_inspect:
+                path, done = self._to_inspect.popleft()
+                # The caller's next steps (indexing) run within this step too.
+                defer.maybeDeferred(self.inspect, path, self.max_duration).chainDeferred(done)
+                yield None
+        finally:
+            self._inspecting = False
+
     def _validated(self, path: str, decode: bool) -> defer.Deferred[tuple[float, float]]:
-        """Validate off the reactor thread. The segments of many cameras close at
-        once: those that come while a validation runs are validated together, in
-        one trip to the thread pool."""
+        """Validate and decode off the reactor thread. Those that come while a
+        validation runs are validated together, in one trip to the thread pool."""
         done: defer.Deferred[tuple[float, float]] = defer.Deferred()
         self._queue.append((path, decode, done))
         if not self._validating:

@@ -59,7 +59,12 @@ async def end_orphans(reactor: Any, pids: list[int], grace: float = 5.0) -> None
 
 
 async def recover(
-    *, reactor: Any, store: SqlStore, layout: SegmentLayout, checker: SegmentChecker
+    *,
+    reactor: Any,
+    store: SqlStore,
+    layout: SegmentLayout,
+    checker: SegmentChecker,
+    node: str | None = None,
 ) -> RecoveryReport:
     report = RecoveryReport()
     if not os.path.isdir(layout.root):
@@ -70,8 +75,9 @@ async def recover(
         await end_orphans(reactor, report.orphans)
     # Runs that ended while the service lived were indexed to their last
     # segment; only runs it never saw end can have segments the index lacks.
-    # Runs whose directory is elsewhere belong to other boxes sharing the database.
-    for run_id, stream_id in await store.open_runs():
+    # Runs of other nodes are theirs to recover (and they may be recording still);
+    # a run whose directory is elsewhere is on another box's disk.
+    for run_id, stream_id in await store.open_runs(node):
         directory = layout.run_dir(stream_id, run_id)
         if os.path.isdir(directory):
             await _recover_run(store, layout, checker, stream_id, run_id, directory, report)

@@ -26,10 +26,12 @@ from ..errors import CannotStart
 from ..media.ffmpeg import FfmpegChild, spawn
 from ..store import SqlStore
 from .command import (
+    DISK_FULL_WORDS,
     MAX_PROBE_SECONDS,
     PROGRESS_FD,
     SegmenterSettings,
     copies_audio,
+    explain,
     input_audio,
     needs_longer_probe,
     segmenter_args,
@@ -51,27 +53,6 @@ QUICK_RESTART = 0.1
 
 #: Lines of ffmpeg's input report read at most to find the audio codec.
 MAX_INPUT_REPORT = 200
-
-DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded")
-
-ERROR_WORDS = (
-    "error",
-    "refused",
-    "not found",
-    "invalid",
-    "failed",
-    "denied",
-    "unauthorized",
-    "forbidden",
-    "timed out",
-    "timeout",
-    "no route",
-    "unreachable",
-    "no such",
-    "unsupported",
-    "not allowed",
-    "cannot",
-)
 
 
 class RecorderListener(Protocol):
@@ -104,16 +85,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-def explain(lines: list[str]) -> str:
-    """The most telling of ffmpeg's last stderr lines."""
-    meaningful = [line for line in lines if line.strip()]
-    for line in reversed(meaningful):
-        lowered = line.lower()
-        if any(word in lowered for word in ERROR_WORDS):
-            return line.strip()
-    return meaningful[-1].strip() if meaningful else "ffmpeg exited"
 
 
 @dataclass
@@ -169,8 +140,12 @@ class Recorder:
         reconnect_max: float = 30.0,
         launcher: Sequence[str] = (),
         source_audio: str | None = None,
+        node: str | None = None,
     ) -> None:
         self.stream_id = stream_id
+        self.node = node
+        #: the epoch of the stream's lease that this recorder records under
+        self.epoch = 0
         self.url = url
         self.reactor = reactor
         self.store = store
@@ -225,8 +200,9 @@ class Recorder:
         }
 
     # -- the API ------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, epoch: int = 0) -> None:
         """Start recording; raise CannotStart if ffmpeg fails before the source opens."""
+        self.epoch = epoch
         self.wanted = True
         self.backoff.reset()
         self.last_error = None
@@ -250,8 +226,9 @@ class Recorder:
                 raise
             raise CannotStart(reason) from failure
 
-    def resume(self) -> None:
+    def resume(self, epoch: int = 0) -> None:
         """Start recording without waiting; failures retry with backoff."""
+        self.epoch = epoch
         self.wanted = True
         self.backoff.reset()
         self._set_state(STARTING)
@@ -320,7 +297,7 @@ class Recorder:
 
     async def _spawn(self) -> Run:
         try:
-            run_id = await self.store.open_run(self.stream_id, self.now())
+            run_id = await self.store.open_run(self.stream_id, self.now(), self.node, self.epoch)
         except Exception as failure:
             raise CannotStart(f"cannot record the run: {failure}") from failure
         if not self.wanted:
@@ -573,6 +550,15 @@ class Recorder:
         segment_id = await self.store.add_segment(
             self.stream_id, run.run_id, path, start, end, checked.size
         )
+        if segment_id is None:
+            # A newer owner of the stream recorded this time: its copy is the one kept.
+            log.warn(
+                "{who}segment {path} not indexed: the stream has a newer owner",
+                who=self._who,
+                path=path,
+            )
+            os.remove(path)
+            return
         run.clock.indexed(end)
         run.segments += 1
         if run is self.run and not run.exited:

@@ -40,8 +40,13 @@ def structure_problems(segment: Segment) -> tuple[list[str], list[str]]:
     return problems, doubts
 
 
-def validate_segment(path: str, max_duration: float, decode: bool = False) -> tuple[float, float]:
-    """``(first, end)`` media times of a usable segment; InvalidSegment otherwise."""
+def inspect_segment(path: str, max_duration: float) -> tuple[float, float, list[str]]:
+    """``(first, end, doubts)`` of a segment whose structure is usable (media
+    times, and what only a decode can settle); InvalidSegment otherwise.
+
+    It reads the box headers and sample tables only, a few kilobytes of a file
+    just written (so in the page cache): cheap enough for the reactor thread.
+    """
     try:
         segment = read_segment(path)
     except Mp4Error as error:
@@ -53,6 +58,12 @@ def validate_segment(path: str, max_duration: float, decode: bool = False) -> tu
     problems, doubts = structure_problems(segment)
     if problems:
         raise InvalidSegment(f"{path}: {'; '.join(problems)}")
+    return first, end, doubts
+
+
+def validate_segment(path: str, max_duration: float, decode: bool = False) -> tuple[float, float]:
+    """``(first, end)`` media times of a usable segment; InvalidSegment otherwise."""
+    first, end, doubts = inspect_segment(path, max_duration)
     if decode or doubts:
         decodes(path)
     return first, end

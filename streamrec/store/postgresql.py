@@ -12,12 +12,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, FirstError
-from txpostgres import txpostgres
+from twisted.logger import Logger
+from txpostgres import reconnection, txpostgres
 
 from .steps import Insert, Lock, Query, Step, Steps, T, pyformat
 
 #: connections per service: the clip worker, the recorders and the API share them
 POOL_SIZE = 4
+
+
+log = Logger(namespace="streamrec.store")
 
 
 class StoreClosed(RuntimeError):
@@ -39,6 +43,9 @@ class PostgresDriver:
         self._closed = False
         self._busy = 0
         self._close_waiters: list[Deferred[None]] | None = []
+        self._dsn = dsn
+        self._reactor = reactor
+        self._listener: Any = None
 
     # -- connections ------------------------------------------------------
     def connect(self) -> Deferred[None]:
@@ -90,6 +97,12 @@ class PostgresDriver:
         return waiter
 
     def _close_connections(self) -> None:
+        if self._listener is not None:
+            self._listener.detector.reconnectable = None  # no reconnecting after close
+            raw = self._listener._connection
+            if raw is not None and not raw.closed:
+                self._listener.close()
+            self._listener = None
         for connection in self._connections:
             # txpostgres' close() fails on a connection that never connected.
             raw = connection._connection
@@ -121,6 +134,31 @@ class PostgresDriver:
 
     async def _operation(self, sql: str, params: tuple[Any, ...]) -> None:
         await self._pool.runOperation(pyformat(sql, params), params or None)
+
+    # -- notifications ------------------------------------------------------
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` for each NOTIFY on ``channel``, on a connection
+        of its own that reconnects by itself; after a reconnection, with ``""``
+        (what was sent meanwhile is lost: NOTIFY is not durable)."""
+        detector = reconnection.DeadConnectionDetector()
+        connection = txpostgres.Connection(reactor=self._reactor, detector=detector)
+        connection.addNotifyObserver(lambda notify: callback(notify.payload))
+
+        async def subscribe() -> None:
+            await connection.runOperation(f'LISTEN "{channel}"')
+
+        async def recovered() -> None:
+            log.info("database notifications: reconnected")
+            await subscribe()
+            callback("")
+
+        detector.addRecoveryHandler(lambda: Deferred.fromCoroutine(recovered()))
+        self._listener = connection
+        await connection.connect(self._dsn)
+        await subscribe()
+
+    def notify(self, channel: str, payload: str) -> Deferred[None]:
+        return self.operation("SELECT pg_notify(?, ?)", (channel, payload))
 
 
 async def run_steps(cursor: Any, steps: Steps[T]) -> T:

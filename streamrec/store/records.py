@@ -18,6 +18,9 @@ class Stream:
     last_error: str | None
     max_age: float | None = None
     source_audio: str | None = None  # the audio codec last seen ("none": no audio)
+    owner: str | None = None  # the node holding its lease (several nodes on one database)
+    epoch: int = 0  # grows with each new owner
+    recorder_state: str | None = None  # as its owner reports it
 
 
 @dataclass(frozen=True)

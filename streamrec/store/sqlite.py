@@ -6,7 +6,8 @@ One connection in one worker thread, so transactions never overlap and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.enterprise import adbapi
@@ -57,6 +58,12 @@ class SqliteDriver:
     def operation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
         return self._pool.runOperation(sql, tuple(params))
 
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Nothing to hear: one process uses a SQLite file."""
+
+    def notify(self, channel: str, payload: str) -> Deferred[None]:
+        return succeed(None)
+
     def close(self) -> Deferred[None]:
         self._pool.close()  # waits for the interaction in flight, in its thread
         return succeed(None)
@@ -66,6 +73,8 @@ def _connected(connection: Any) -> None:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
+    # The database's clock, as PostgreSQL has it (schema 005): here, this box's.
+    connection.create_function("db_now", 0, time.time)
 
 
 def sqlite_driver(path: str) -> SqliteDriver:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from .jobs import JobQueries
+from .leases import LeaseQueries
 from .records import (
     JOB_DONE,
     JOB_EXPIRED,
-    JOB_PENDING,
-    JOB_PROCESSING,
-    Clip,
-    ClipJob,
     Segment,
     Stream,
     Totals,
@@ -27,7 +24,6 @@ LONGEST_SEGMENT = 600.0
 
 # Lock namespaces (:class:`~.steps.Lock`): one per kind of read-then-write transaction.
 _MIGRATION_LOCK = 0x5EC0
-_JOB_LOCK = 0x5EC1
 
 
 def _schema_files(dialect: str) -> list[tuple[int, str]]:
@@ -45,7 +41,7 @@ def _split_statements(script: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
-class SqlStore:
+class SqlStore(JobQueries, LeaseQueries):
     """The store over a :class:`~.steps.Driver` (SQLite or PostgreSQL).
 
     SQL is written once, with ``?`` placeholders and types both engines
@@ -55,7 +51,7 @@ class SqlStore:
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
         # Segments waiting for the insert transaction in flight to end (group commit).
-        self._new_segments: list[tuple[tuple[Any, ...], Deferred[int]]] = []
+        self._new_segments: list[tuple[tuple[Any, ...], Deferred[int | None]]] = []
         self._inserting = False
 
     @property
@@ -83,6 +79,13 @@ class SqlStore:
         """
         return self._driver.close()
 
+    async def listen(self, channel: str, callback: Any) -> None:
+        """Hear what other nodes on this database notify on ``channel``."""
+        await self._driver.listen(channel, callback)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self._driver.notify(channel, payload)
+
     async def migrate(self) -> int:
         """Connect, apply every schema file newer than the database in one
         transaction, and return the version."""
@@ -107,8 +110,9 @@ class SqlStore:
     # -- streams --------------------------------------------------------
     _STREAM_COLUMNS = (
         "id, url, description, create_date, start_date, stop_date, wanted, last_error, max_age,"
-        " source_audio"
+        " source_audio, owner, epoch, recorder_state"
     )
+    _STREAM_WIDTH = len(_STREAM_COLUMNS.split(","))
 
     @staticmethod
     def _stream(row: Sequence[Any]) -> Stream:
@@ -123,6 +127,9 @@ class SqlStore:
             last_error=row[7],
             max_age=row[8],
             source_audio=row[9],
+            owner=row[10],
+            epoch=row[11],
+            recorder_state=row[12],
         )
 
     @staticmethod
@@ -164,8 +171,10 @@ class SqlStore:
 
     @classmethod
     def _with_totals(cls, row: Sequence[Any]) -> tuple[Stream, Totals]:
-        count, seconds, size, first, last = row[10:]
-        return cls._stream(row[:10]), Totals(int(count), float(seconds), int(size), first, last)
+        count, seconds, size, first, last = row[cls._STREAM_WIDTH :]
+        return cls._stream(row[: cls._STREAM_WIDTH]), Totals(
+            int(count), float(seconds), int(size), first, last
+        )
 
     async def streams_with_totals(self) -> list[tuple[Stream, Totals]]:
         """Every stream and what it has recorded, in one query, ordered by id."""
@@ -197,9 +206,15 @@ class SqlStore:
         await self._operation("UPDATE streams SET last_error = ? WHERE id = ?", (error, stream_id))
 
     # -- runs and segments ----------------------------------------------
-    async def open_run(self, stream_id: int, now: float) -> int:
+    async def open_run(
+        self, stream_id: int, now: float, node: str | None = None, epoch: int = 0
+    ) -> int:
+        """A new run of a stream, recorded by ``node`` under the lease's ``epoch``."""
         return await self._transaction(
-            self._insert("INSERT INTO runs (stream_id, started_at) VALUES (?, ?)", (stream_id, now))
+            self._insert(
+                "INSERT INTO runs (stream_id, started_at, node, epoch) VALUES (?, ?, ?, ?)",
+                (stream_id, now, node, epoch),
+            )
         )
 
     async def close_run(self, run_id: int, now: float, reason: str) -> None:
@@ -207,11 +222,15 @@ class SqlStore:
             "UPDATE runs SET ended_at = ?, exit_reason = ? WHERE id = ?", (now, reason, run_id)
         )
 
-    async def open_runs(self) -> list[tuple[int, int]]:
-        """``(run_id, stream_id)`` of runs never closed (the service died)."""
-        rows = await self._query(
-            "SELECT id, stream_id FROM runs WHERE ended_at IS NULL ORDER BY id"
-        )
+    async def open_runs(self, node: str | None = None) -> list[tuple[int, int]]:
+        """``(run_id, stream_id)`` of runs never closed (the service died); with
+        ``node``, only that node's (and those of before there were nodes)."""
+        query = "SELECT id, stream_id FROM runs WHERE ended_at IS NULL"
+        params: tuple[str, ...] = ()
+        if node is not None:
+            query += " AND (node = ? OR node IS NULL)"
+            params = (node,)
+        rows = await self._query(query + " ORDER BY id", params)
         return [(row[0], row[1]) for row in rows]
 
     async def run_stream(self, run_id: int) -> int | None:
@@ -304,12 +323,21 @@ class SqlStore:
 
     def _add_segment(
         self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
-    ) -> Steps[int]:
-        segment_id: int = yield Insert(
+    ) -> Steps[int | None]:
+        # Fencing: a run of an older epoch (a node that lost the stream's lease)
+        # is not indexed over time that a run of a newer epoch has covered.
+        rows = yield Query(
             "INSERT INTO segments (stream_id, run_id, path, start_time, end_time, bytes)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (stream_id, run_id, path, start, end, size),
+            " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM segments"
+            " JOIN runs ON runs.id = segments.run_id WHERE segments.stream_id = ?"
+            " AND segments.end_time > ? AND segments.end_time < ? AND segments.start_time < ?"
+            " AND runs.epoch > (SELECT epoch FROM runs WHERE id = ?)) RETURNING id",
+            (stream_id, run_id, path, start, end, size)
+            + (stream_id, start, end + LONGEST_SEGMENT, end, run_id),
         )
+        if not rows:
+            return None
+        segment_id = int(rows[0][0])
         yield Query(
             "UPDATE stream_totals SET segments = segments + 1, seconds = seconds + ?,"
             " bytes = bytes + ?,"
@@ -323,14 +351,15 @@ class SqlStore:
 
     async def add_segment(
         self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
-    ) -> int:
+    ) -> int | None:
         """Index a segment; the stream's totals follow in the same transaction.
+        None: refused, because a newer owner of the stream has recorded that time.
 
         Segments that arrive while an insert is in flight go in together in
         the next transaction: the segments of many cameras close at once,
         and one transaction for them all keeps the database free for others.
         """
-        done: Deferred[int] = Deferred()
+        done: Deferred[int | None] = Deferred()
         self._new_segments.append(((stream_id, run_id, path, start, end, size), done))
         if not self._inserting:
             self._insert_segments()
@@ -340,7 +369,7 @@ class SqlStore:
         batch, self._new_segments = self._new_segments, []
         self._inserting = True
 
-        def inserted(ids: list[int]) -> None:
+        def inserted(ids: list[int | None]) -> None:
             for (_, done), segment_id in zip(batch, ids):
                 done.callback(segment_id)
 
@@ -360,7 +389,7 @@ class SqlStore:
         d.addCallbacks(inserted, failed)
         d.addBoth(next_batch)
 
-    def _add_segments(self, segments: list[tuple[Any, ...]]) -> Steps[list[int]]:
+    def _add_segments(self, segments: list[tuple[Any, ...]]) -> Steps[list[int | None]]:
         ids = []
         for segment in segments:
             ids.append((yield from self._add_segment(*segment)))
@@ -409,161 +438,3 @@ class SqlStore:
             return Totals(0, 0.0, 0, None, None)
         count, seconds, size, first, last = rows[0]
         return Totals(int(count), float(seconds), int(size), first, last)
-
-    # -- clip jobs ------------------------------------------------------
-    _JOB_COLUMNS = (
-        "id, stream_id, start_time, stop_time, stop_given, encoder, options, status,"
-        " error_message, progress, created_at"
-    )
-
-    @staticmethod
-    def _job(row: Sequence[Any]) -> Steps[ClipJob]:
-        clips = yield Query(
-            "SELECT seq, link, storage_key, start_time, stop_time, bytes FROM clips"
-            " WHERE job_id = ? ORDER BY seq",
-            (row[0],),
-        )
-        return ClipJob(
-            id=row[0],
-            stream_id=row[1],
-            start=row[2],
-            stop=row[3],
-            stop_given=bool(row[4]),
-            encoder=row[5],
-            options=json.loads(row[6]),
-            status=row[7],
-            error_message=row[8],
-            progress=row[9],
-            created_at=row[10],
-            clips=tuple(Clip(*clip) for clip in clips),
-        )
-
-    def _find_or_create_job(
-        self,
-        stream_id: int,
-        start: float,
-        stop: float | None,
-        default_stop: float,
-        encoder: str,
-        options: dict[str, Any],
-        now: float,
-    ) -> Steps[tuple[ClipJob, bool]]:
-        encoded = json.dumps(options, sort_keys=True)
-        # The same request from two connections at once makes one job.
-        yield Lock(_JOB_LOCK, stream_id)
-        query = (
-            f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE stream_id = ? AND start_time = ?"
-            " AND encoder = ? AND options = ? AND stop_given = ? AND status != ?"
-        )
-        params: list[Any] = [stream_id, start, encoder, encoded, int(stop is not None), JOB_EXPIRED]
-        if stop is not None:
-            query += " AND stop_time = ?"
-            params.append(stop)
-        rows = yield Query(query + " ORDER BY id DESC LIMIT 1", params)
-        if rows:
-            return (yield from self._job(rows[0])), False
-        job_id = yield Insert(
-            "INSERT INTO clip_jobs (stream_id, start_time, stop_time, stop_given, encoder,"
-            " options, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                stream_id,
-                start,
-                stop if stop is not None else default_stop,
-                int(stop is not None),
-                encoder,
-                encoded,
-                JOB_PENDING,
-                now,
-                now,
-            ),
-        )
-        return (yield from self._get_job(job_id)), True
-
-    async def find_or_create_job(
-        self,
-        stream_id: int,
-        start: float,
-        stop: float | None,
-        default_stop: float,
-        encoder: str,
-        options: dict[str, Any],
-        now: float,
-    ) -> tuple[ClipJob, bool]:
-        """The job for this request, created if new; ``(job, created)``.
-
-        A request without ``stop`` matches the earlier request without
-        ``stop`` for the same ``start``; a new one ends at ``default_stop``.
-        """
-        return await self._transaction(
-            self._find_or_create_job(stream_id, start, stop, default_stop, encoder, options, now)
-        )
-
-    def _get_job(self, job_id: int) -> Steps[ClipJob]:
-        rows = yield Query(f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE id = ?", (job_id,))
-        return (yield from self._job(rows[0]))
-
-    async def get_job(self, job_id: int) -> ClipJob:
-        return await self._transaction(self._get_job(job_id))
-
-    def _jobs_with_status(self, statuses: Sequence[str]) -> Steps[list[ClipJob]]:
-        marks = ", ".join("?" for _ in statuses)
-        rows = yield Query(
-            f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE status IN ({marks}) ORDER BY id",
-            tuple(statuses),
-        )
-        jobs = []
-        for row in rows:
-            jobs.append((yield from self._job(row)))
-        return jobs
-
-    async def jobs_with_status(self, *statuses: str) -> list[ClipJob]:
-        return await self._transaction(self._jobs_with_status(statuses))
-
-    async def set_job_status(
-        self,
-        job_id: int,
-        status: str,
-        now: float,
-        error_message: str | None = None,
-        progress: float | None = None,
-    ) -> None:
-        await self._operation(
-            "UPDATE clip_jobs SET status = ?, error_message = ?, updated_at = ?,"
-            " progress = COALESCE(?, progress) WHERE id = ?",
-            (status, error_message, now, progress, job_id),
-        )
-
-    async def claim_job(self, job_id: int, now: float) -> bool:
-        """Move a pending job to processing; False if another worker has it."""
-        return bool(await self._transaction(self._claim_job(job_id, now)))
-
-    def _claim_job(self, job_id: int, now: float) -> Steps[bool]:
-        rows = yield Query(
-            "UPDATE clip_jobs SET status = ?, progress = 0, updated_at = ?"
-            " WHERE id = ? AND status = ? RETURNING id",
-            (JOB_PROCESSING, now, job_id, JOB_PENDING),
-        )
-        return bool(rows)
-
-    async def set_job_progress(self, job_id: int, progress: float, now: float) -> None:
-        """Record how far a job being built has come (0..1)."""
-        await self._operation(
-            "UPDATE clip_jobs SET progress = ?, updated_at = ? WHERE id = ? AND status = ?",
-            (progress, now, job_id, JOB_PROCESSING),
-        )
-
-    def _finish_job(self, job_id: int, clips: Sequence[Clip], now: float) -> Steps[None]:
-        for clip in clips:
-            yield Query(
-                "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time,"
-                " bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, clip.seq, clip.link, clip.storage_key, clip.start, clip.stop, clip.bytes),
-            )
-        yield Query(
-            "UPDATE clip_jobs SET status = ?, progress = 1, updated_at = ? WHERE id = ?",
-            (JOB_DONE, now, job_id),
-        )
-
-    async def finish_job(self, job_id: int, clips: Sequence[Clip], now: float) -> None:
-        """Record the job's clips and mark it done, in one transaction."""
-        await self._transaction(self._finish_job(job_id, clips, now))

@@ -79,6 +79,13 @@ class Driver(Protocol):
     def operation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
         """One statement on its own, for its effect."""
 
+    async def listen(self, channel: str, callback: Any) -> None:
+        """Call ``callback(payload)`` for each notification on ``channel`` from any
+        connection to the database (nothing, where only one process uses it)."""
+
+    def notify(self, channel: str, payload: str) -> Deferred[None]:
+        """Notify every listener of ``channel`` (after this transaction's commit)."""
+
     def close(self) -> Deferred[None]:
         """Refuse new work and close the connections once the work in flight
         has ended; the Deferred fires then."""

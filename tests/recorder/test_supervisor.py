@@ -76,7 +76,7 @@ class FakeStore:
         self.segments: dict[int, list[Any]] = {}
         self.shifts: list[float] = []
 
-    async def open_run(self, stream_id: int, now: float) -> int:
+    async def open_run(self, stream_id: int, now: float, *lease: Any) -> int:
         self.runs.append((stream_id, now))
         return len(self.runs)
 
@@ -135,6 +135,7 @@ class RecorderBase(unittest.SynchronousTestCase):
                 run_blocking=defer.maybeDeferred,
                 max_duration=30,
                 validate=self._validate,
+                inspect=lambda path, longest: (*self._validate(path, longest, False), []),
             ),
             listener=self.listener,
             start_timeout=8,
@@ -434,7 +435,7 @@ class SlowStore(FakeStore):
         self.pending: list[defer.Deferred[int]] = []
         self.fail_runs = 0
 
-    async def open_run(self, stream_id: int, now: float) -> int:
+    async def open_run(self, stream_id: int, now: float, *lease: Any) -> int:
         if self.fail_runs:
             self.fail_runs -= 1
             raise OSError("database or disk is full")

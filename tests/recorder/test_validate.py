@@ -7,13 +7,19 @@ import shutil
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from streamrec.media import fmp4
 from streamrec.media.sampleentry import video_config
-from streamrec.recorder.indexing import SegmentChecker
+from streamrec.recorder.indexing import SegmentChecker, paced
 from streamrec.recorder.layout import SegmentLayout
-from streamrec.recorder.validate import InvalidSegment, structure_problems, validate_segment
+from streamrec.recorder.validate import (
+    InvalidSegment,
+    inspect_segment,
+    structure_problems,
+    validate_segment,
+)
 
 from ..support.recordings import recording
 
@@ -94,6 +100,10 @@ class CheckerTests(unittest.TestCase):
         self.decoded.append(decode)
         return validate_segment(path, max_duration, decode)
 
+    def inspect(self, path: str, max_duration: float) -> tuple[float, float, list[str]]:
+        self.decoded.append(False)
+        return inspect_segment(path, max_duration)
+
     @defer.inlineCallbacks
     def test_one_in_n_is_decoded_and_thorough_checks_always(self):
         checker = SegmentChecker(
@@ -101,6 +111,7 @@ class CheckerTests(unittest.TestCase):
             run_blocking=defer.maybeDeferred,
             max_duration=30,
             validate=self.validate,
+            inspect=self.inspect,
             decode_every=3,
         )
         for _ in range(6):
@@ -110,7 +121,7 @@ class CheckerTests(unittest.TestCase):
         self.assertEqual(self.decoded, [True, False, False, True, False, False, True])
 
     @defer.inlineCallbacks
-    def test_segments_closing_together_are_validated_together(self):
+    def test_decodes_asked_together_go_together(self):
         trips: list[tuple[Any, defer.Deferred[Any]]] = []
 
         def run_blocking(fn: Any, files: Any) -> defer.Deferred[Any]:
@@ -122,7 +133,10 @@ class CheckerTests(unittest.TestCase):
         bad = self.layout.segment_path(self.layout.run_dir(1, 1), 1)
         with open(bad, "wb") as handle:
             handle.write(b"garbage")
-        checks = [defer.ensureDeferred(checker.check(p)) for p in (self.path, self.path, bad)]
+        checks = [
+            defer.ensureDeferred(checker.check(p, thorough=True))
+            for p in (self.path, self.path, bad)
+        ]
         self.assertEqual(len(trips), 1, "the others wait for the first trip")
         work, d = trips.pop()
         d.callback(work())
@@ -132,6 +146,43 @@ class CheckerTests(unittest.TestCase):
         results = yield defer.gatherResults(checks)
         self.assertEqual([r.ok for r in results], [True, True, False])
         self.assertIsNotNone(results[2].quarantined_to)
+
+    def test_many_segments_are_read_a_slice_at_a_time(self):
+        """Segments closing together are read in slices of the reactor's time:
+        between two slices, the reactor handles what is waiting (the API)."""
+        clock = Clock()
+        turns: list[Any] = []  # the reactor's turns the checker asked for
+
+        class Reactor:
+            seconds = clock.seconds
+
+            def callLater(self, delay: float, work: Any) -> None:
+                turns.append(work)
+
+        read: list[str] = []
+
+        def inspect(path: str, longest: float) -> tuple[float, float, list[str]]:
+            read.append(path)
+            clock.advance(0.003)  # each takes 3 ms of the slice's 4
+            return inspect_segment(path, longest)
+
+        checker = SegmentChecker(
+            layout=self.layout,
+            run_blocking=defer.maybeDeferred,
+            max_duration=30,
+            inspect=inspect,
+            decode_every=1_000_000,
+            cooperator=paced(Reactor()),
+        )
+        checker.checked = 1  # none of them is the one decoded
+        checks = [defer.ensureDeferred(checker.check(self.path)) for _ in range(5)]
+        self.assertEqual(read, [], "nothing is read before the reactor's next turn")
+        done_by_turn = []
+        while turns:
+            turns.pop(0)()
+            done_by_turn.append(len(read))
+        self.assertEqual(done_by_turn, [2, 4, 5], "two a turn: the slice ends within the second")
+        self.assertTrue(all(self.successResultOf(d).ok for d in checks))
 
     @defer.inlineCallbacks
     def test_an_empty_file_is_removed(self):

@@ -72,6 +72,20 @@ def run(fn: Any) -> Any:
     return test
 
 
+#: The version the schema files build.
+SCHEMA_VERSION = 5
+
+#: What schema 005 (several nodes) added to the older tables.
+CLUSTER_COLUMNS = [
+    ("streams", "owner"),
+    ("streams", "lease_expires"),
+    ("streams", "epoch"),
+    ("streams", "recorder_state"),
+    ("runs", "node"),
+    ("runs", "epoch"),
+]
+
+
 class StoreTestsMixin:
     """Every store method, through the public interface; ``open()`` picks the engine."""
 
@@ -104,10 +118,10 @@ class StoreTestsMixin:
     # -- schema ---------------------------------------------------------
     @run
     async def test_migrate_is_idempotent(self) -> None:
-        self.assertEqual(self.version, 4)
-        self.assertEqual(await self.store.migrate(), 4)
+        self.assertEqual(self.version, SCHEMA_VERSION)
+        self.assertEqual(await self.store.migrate(), SCHEMA_VERSION)
         rows = await self.store._query("SELECT version FROM schema_version ORDER BY version")
-        self.assertEqual([row[0] for row in rows], [1, 2, 3, 4])
+        self.assertEqual([row[0] for row in rows], list(range(1, SCHEMA_VERSION + 1)))
         self.assertEqual(await self.store.list_streams(), [])
 
     @run
@@ -316,7 +330,10 @@ class StoreTestsMixin:
         await self.store._operation("DROP TABLE stream_totals")
         await self.store._operation("DELETE FROM schema_version WHERE version >= 3")
         await self.store._operation("ALTER TABLE streams DROP COLUMN source_audio")
-        self.assertEqual(await self.store.migrate(), 4)
+        await self.store._operation("DROP TABLE nodes")
+        for table, column in CLUSTER_COLUMNS:
+            await self.store._operation(f"ALTER TABLE {table} DROP COLUMN {column}")
+        self.assertEqual(await self.store.migrate(), SCHEMA_VERSION)
         self.assertEqual(await self.kept(stream), (3, 6.0, 303, NOW, NOW + 6))
 
     # -- clip jobs ------------------------------------------------------

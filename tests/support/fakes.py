@@ -13,17 +13,20 @@ class FakeRecorder:
     def __init__(self, fail_with: str | None = None) -> None:
         self.fail_with = fail_with
         self.wanted = False
+        self.epoch = 0
         self.calls: list[str] = []
 
-    async def start(self) -> None:
+    async def start(self, epoch: int = 0) -> None:
         self.calls.append("start")
         if self.fail_with:
             raise CannotStart(self.fail_with)
         self.wanted = True
+        self.epoch = epoch
 
-    def resume(self) -> None:
+    def resume(self, epoch: int = 0) -> None:
         self.calls.append("resume")
         self.wanted = True
+        self.epoch = epoch
 
     async def stop(self) -> None:
         self.calls.append("stop")

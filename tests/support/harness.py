@@ -14,7 +14,10 @@ import treq
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from streamrec.cluster import Node, StreamLocks
 from streamrec.config import Config
+from streamrec.core import RecorderEvents
+from streamrec.recorder.fleet import Recorders
 from streamrec.service import StreamrecService
 from streamrec.store import SqlStore, open_store
 from streamrec.tap import build_service
@@ -72,6 +75,30 @@ def sqlite_store(testcase: unittest.TestCase) -> tuple[SqlStore, str]:
     store = open_store("sqlite:", directory)
     testcase.addCleanup(store.close)
     return store, directory
+
+
+def one_node(
+    reactor: Any,
+    store: SqlStore,
+    recorders: Recorders,
+    notify: Callable[..., None] = lambda *a, **k: None,
+    name: str = "test-node",
+    **node_options: Any,
+) -> dict[str, Any]:
+    """The ``node`` and ``events`` a :class:`streamrec.core.Streams` takes, for one
+    node alone on ``store`` (as the embedded default is)."""
+    events = RecorderEvents(store=store, node=name, notify=notify)
+    node = Node(
+        reactor=reactor,
+        store=store,
+        recorders=recorders,
+        listener=events,
+        locks=StreamLocks(),
+        name=name,
+        public_url="http://127.0.0.1:1",
+        **node_options,
+    )
+    return {"node": node, "events": events}
 
 
 class Service:

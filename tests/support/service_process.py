@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from .harness import Service, sleep
 from .livesource import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # ``python -m twisted.scripts.twistd`` does nothing (that module has no
 # ``__main__`` guard), so the entry point is called the way the twistd script does.

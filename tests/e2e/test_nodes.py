@@ -1,0 +1,199 @@
+"""Several nodes on one PostgreSQL: three real ``twistd streamrec`` processes,
+each with its own data dir, on 127.0.0.1, recording real live sources.
+
+What is checked is what an operator relies on: every started stream is
+recorded by exactly one live node, any node answers for any stream, and a
+dead or stopping node's streams keep recording elsewhere. Needs
+``STREAMREC_TEST_DATABASE`` (``make test`` starts a server).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from ..store.test_store import DATABASE, NO_DATABASE, fresh_postgres_url
+from ..support.harness import sleep, until
+from ..support.livesource import UdpTsSource
+from ..support.service_process import ServiceProcess, kill_processes_under, processes_under
+
+#: Short leases, so that a failover fits in a test (the default is 15 s).
+LEASE = 4.0
+
+
+def run(fn: Any) -> Any:
+    def test(self: Any) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(fn(self))
+
+    test.__name__ = fn.__name__
+    test.__doc__ = fn.__doc__
+    return test
+
+
+class NodesTests(unittest.TestCase):
+    if not DATABASE:
+        skip = NO_DATABASE
+    timeout = 240
+
+    def setUp(self) -> defer.Deferred[None]:
+        self.url = fresh_postgres_url(self)
+        self.nodes: list[ServiceProcess] = []
+        return defer.ensureDeferred(self._start_nodes(3))
+
+    async def _start_nodes(self, count: int) -> None:
+        for n in range(count):
+            await self.start_node(f"node{n}")
+
+    async def start_node(self, name: str, data_dir: str | None = None) -> ServiceProcess:
+        node = ServiceProcess(
+            self,
+            data_dir or os.path.abspath(self.mktemp()),
+            database=self.url,
+            node=name,
+            lease_seconds=LEASE,
+        )
+        node.name = name  # type: ignore[attr-defined]
+        self.addCleanup(kill_processes_under, node.data_dir)
+        self.addCleanup(node.stop)
+        await node.start()
+        self.nodes.append(node)
+        return node
+
+    def sources(self, count: int) -> list[UdpTsSource]:
+        return [UdpTsSource.running(self, audio=None, bitrate="200k") for _ in range(count)]
+
+    def recording_where(self, stream_id: int) -> list[str]:
+        """The nodes with a live segmenter of ``stream_id`` (from /proc)."""
+        where = []
+        for node in self.nodes:
+            directory = os.path.join(node.data_dir, "segments", str(stream_id))
+            if os.path.isdir(directory) and processes_under(directory):
+                where.append(node.name)  # type: ignore[attr-defined]
+        return where
+
+    async def started(self, count: int) -> list[int]:
+        """``count`` live sources, created through the first node and started
+        through each node in turn."""
+        ids = []
+        for source in self.sources(count):
+            answer = await self.nodes[0].ok("POST", "/streams/create", url=source.url)
+            ids.append(answer["stream_id"])
+        for n, stream_id in enumerate(ids):
+            await self.nodes[n % len(self.nodes)].ok("POST", f"/streams/{stream_id}/start")
+        return ids
+
+    async def status_everywhere(self, stream_id: int) -> list[dict[str, Any]]:
+        return [await node.status(stream_id) for node in self.nodes if node.running()]
+
+    async def recording_on(self, stream_id: int, nodes: list[str]) -> str | None:
+        """The node recording ``stream_id`` if it is one of ``nodes`` and every
+        node says so, with a segment indexed since; None otherwise."""
+        answers = await self.status_everywhere(stream_id)
+        owners = {answer["node"] for answer in answers}
+        states = {answer["state"] for answer in answers}
+        if len(owners) == 1 and owners <= set(nodes) and states == {"recording"}:
+            return owners.pop()
+        return None
+
+    @run
+    async def test_every_started_stream_is_recorded_by_exactly_one_node(self):
+        ids = await self.started(6)
+        names = [node.name for node in self.nodes]  # type: ignore[attr-defined]
+        for stream_id in ids:
+            await until(lambda s=stream_id: self.recording_on(s, names), 30, "recording")
+        seen: dict[int, set[str]] = {stream_id: set() for stream_id in ids}
+        for _ in range(12):  # every 0.5 s for 6 s
+            for stream_id in ids:
+                where = self.recording_where(stream_id)
+                self.assertEqual(len(where), 1, f"stream {stream_id} recorded on {where}")
+                seen[stream_id].update(where)
+            await sleep(0.5)
+        for stream_id in ids:
+            [answer, *others] = await self.status_everywhere(stream_id)
+            self.assertEqual({a["node"] for a in others}, {answer["node"]})
+            self.assertEqual(seen[stream_id], {answer["node"]}, "no stream moved")
+        spread = {answer["node"] for s in ids for answer in await self.status_everywhere(s)}
+        self.assertEqual(len(spread), 3, "each node records some: the one asked had room")
+        # A stop through any node stops it where it records.
+        for n, stream_id in enumerate(ids):
+            await self.nodes[(n + 1) % 3].ok("POST", f"/streams/{stream_id}/stop")
+            self.assertEqual(self.recording_where(stream_id), [], "stopped when stop answers")
+            answer = await self.nodes[n % 3].status(stream_id)
+            self.assertEqual((answer["state"], answer["node"]), ("stopped", None))
+
+    @run
+    async def test_a_killed_nodes_streams_record_on_the_others(self):
+        ids = await self.started(3)
+        names = [node.name for node in self.nodes]  # type: ignore[attr-defined]
+        for stream_id in ids:
+            await until(lambda s=stream_id: self.recording_on(s, names), 30, "recording")
+        victim = self.nodes[0]
+        mine = [s for s in ids if (await victim.status(s))["node"] == "node0"]
+        self.assertTrue(mine)
+        await sleep(3)  # some segments on the victim
+        killed = time.time()
+        await victim.kill(signal.SIGKILL)
+        survivors = ["node1", "node2"]
+        for stream_id in mine:
+            owner = await until(
+                lambda s=stream_id: self.recording_on(s, survivors), LEASE + 30, "taken over"
+            )
+            self.assertIn(owner, survivors)
+        moved = time.time() - killed
+        for stream_id in ids:
+            self.assertEqual(len(self.recording_where(stream_id)), 1)
+        # The new owner's first segment follows the dead one's last: a gap of
+        # about the lease and a start, then recording again.
+        for stream_id in mine:
+            status = await until(
+                lambda s=stream_id: self._recorded_after(s, killed), 30, "a segment after"
+            )
+            self.assertGreater(status["recorded"]["segments"], 1)
+        self.assertLess(moved, 240)
+
+    async def _recorded_after(self, stream_id: int, moment: float) -> Any:
+        answer = await self.nodes[1].status(stream_id)
+        last = answer["recorded"]["last"]
+        return answer if last is not None and last > moment + 1 else None
+
+    @run
+    async def test_a_node_stopping_hands_its_streams_over(self):
+        ids = await self.started(3)
+        names = [node.name for node in self.nodes]  # type: ignore[attr-defined]
+        for stream_id in ids:
+            await until(lambda s=stream_id: self.recording_on(s, names), 30, "recording")
+        leaving = self.nodes[2]
+        theirs = [s for s in ids if (await leaving.status(s))["node"] == "node2"]
+        self.assertTrue(theirs)
+        await sleep(3)
+        await leaving.stop()
+        self.assertEqual(leaving.process.returncode in (0, -signal.SIGTERM), True)
+        for stream_id in theirs:
+            await until(
+                lambda s=stream_id: self.recording_on(s, ["node0", "node1"]), 30, "handed over"
+            )
+
+    @run
+    async def test_parallel_starts_through_every_node_start_one_recorder(self):
+        [source] = self.sources(1)
+        answer = await self.nodes[0].ok("POST", "/streams/create", url=source.url)
+        stream_id = answer["stream_id"]
+        calls = [
+            defer.ensureDeferred(self.nodes[n % 3].call("POST", f"/streams/{stream_id}/start"))
+            for n in range(100)
+        ]
+        answers = await defer.gatherResults(calls)
+        codes = sorted(code for code, _ in answers)
+        self.assertEqual(codes.count(200), 1, codes)
+        refused = {body.get("error_message") for code, body in answers if code != 200}
+        self.assertEqual(refused, {"Stream already started"})
+        names = [node.name for node in self.nodes]  # type: ignore[attr-defined]
+        await until(lambda: self.recording_on(stream_id, names), 30, "recording")
+        for _ in range(6):
+            self.assertEqual(len(self.recording_where(stream_id)), 1)
+            await sleep(0.5)
