@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from streamrec.cluster import Node
 from streamrec.recorder.fleet import Recorders
 
+from .store.test_store import run
 from .support.fakes import FakeRecorder
 from .support.harness import one_node, sqlite_store
 
@@ -41,14 +42,6 @@ class Box:
         """Let the steps the last round queued (starting, stopping) run."""
         for _ in range(5):
             await defer.succeed(None)
-
-
-def run(fn: Any) -> Any:
-    def test(self: Any) -> defer.Deferred[Any]:
-        return defer.ensureDeferred(fn(self))
-
-    test.__name__ = fn.__name__
-    return test
 
 
 class NodeTests(unittest.TestCase):

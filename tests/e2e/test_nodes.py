@@ -17,22 +17,13 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from ..store.test_store import DATABASE, NO_DATABASE, fresh_postgres_url
+from ..store.test_store import DATABASE, NO_DATABASE, fresh_postgres_url, run
 from ..support.harness import sleep, until
 from ..support.livesource import UdpTsSource
 from ..support.service_process import ServiceProcess, kill_processes_under, processes_under
 
 #: Short leases, so that a failover fits in a test (the default is 15 s).
 LEASE = 4.0
-
-
-def run(fn: Any) -> Any:
-    def test(self: Any) -> defer.Deferred[Any]:
-        return defer.ensureDeferred(fn(self))
-
-    test.__name__ = fn.__name__
-    test.__doc__ = fn.__doc__
-    return test
 
 
 class NodesTests(unittest.TestCase):
