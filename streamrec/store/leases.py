@@ -130,7 +130,7 @@ class LeaseQueries:
             f" RETURNING {_LEASE_COLUMNS}",
             (lease, name),
         )
-        return [_lease(row) for row in rows]
+        return sorted((_lease(row) for row in rows), key=lambda lease: lease.stream_id)
 
     async def claim_streams(self, name: str, lease: float, limit: int) -> list[Lease]:
         """Take up to ``limit`` wanted streams that nobody holds (or whose lease
@@ -144,7 +144,7 @@ class LeaseQueries:
             f" RETURNING {_LEASE_COLUMNS}",
             (name, lease, limit),
         )
-        return [_lease(row) for row in rows]
+        return sorted((_lease(row) for row in rows), key=lambda lease: lease.stream_id)
 
     async def claim_to_start(self, name: str, lease: float, stream_id: int) -> Lease | None:
         """Take the lease of a stream that is not started, to start it here; None
