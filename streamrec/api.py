@@ -17,6 +17,7 @@ from .errors import (
     BadRequest,
     CannotStart,
     CannotStop,
+    DatabaseUnavailable,
     InvalidSource,
     NotStarted,
     StatusUnavailable,
@@ -49,6 +50,7 @@ ERRORS: dict[type[StreamrecError], tuple[int, str]] = {
     CannotStart: (500, "Cannot start stream"),
     CannotStop: (500, "Cannot stop stream"),
     StatusUnavailable: (500, "Cannot get stream status"),
+    DatabaseUnavailable: (503, "Database unavailable"),
     InvalidSource: (400, "Invalid URL: {error}"),
     BadRequest: (400, "{error}"),
 }

@@ -17,6 +17,7 @@ from .errors import (
     BadRequest,
     CannotStart,
     CannotStop,
+    DatabaseUnavailable,
     NotStarted,
     StatusUnavailable,
     StreamNotFound,
@@ -165,6 +166,8 @@ class Streams:
     async def status(self, stream_id: int) -> dict[str, Any]:
         try:
             found = await self.store.stream_with_totals(stream_id)
+        except DatabaseUnavailable:
+            raise
         except Exception as failure:
             log.failure("cannot get the status of stream {stream_id}", stream_id=stream_id)
             raise StatusUnavailable(stream_id) from failure

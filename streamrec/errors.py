@@ -55,3 +55,12 @@ class CannotStop(StreamrecError):
 
 class StatusUnavailable(StreamrecError):
     """A stream's status could not be put together (the store failed)."""
+
+
+class DatabaseUnavailable(StreamrecError):
+    """The database cannot be reached now (it restarts, or the network to it is
+    down); the driver connects again by itself. Recording goes on meanwhile."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -25,6 +25,7 @@ from .cluster import Node
 from .core import Streams
 from .janitor import Janitor
 from .recorder.indexing import SegmentChecker
+from .recorder.journal import SegmentJournal
 from .recorder.layout import SegmentLayout
 from .recorder.recovery import recover
 from .store import SqlStore
@@ -44,6 +45,7 @@ class StreamrecService(MultiService):
         store: SqlStore,
         layout: SegmentLayout,
         checker: SegmentChecker,
+        journal: SegmentJournal,
         streams: Streams,
         node: Node,
         api: StreamrecAPI,
@@ -58,6 +60,7 @@ class StreamrecService(MultiService):
         self.store = store
         self.layout = layout
         self.checker = checker
+        self.journal = journal
         self.streams = streams
         self.node = node
         self.api = api
@@ -84,6 +87,9 @@ class StreamrecService(MultiService):
     async def _start(self) -> None:
         version = await self.store.migrate()
         log.info("database schema version {version}", version=version)
+        if self.journal.load():
+            # Segments closed while the database was away, with their exact place.
+            await self.journal.replay()
         report = await recover(
             reactor=self.reactor,
             store=self.store,
@@ -125,5 +131,6 @@ class StreamrecService(MultiService):
         if self.port is not None:
             await self.port.stopListening()
         await self.streams.shutdown()
+        self.journal.stop()  # what it still holds is replayed at the next start
         await defer.maybeDeferred(MultiService.stopService, self)
         await self.store.close()

@@ -30,6 +30,7 @@ from .plugins import (
 from .recorder.command import SegmenterSettings, parent_death_launcher
 from .recorder.fleet import Recorders
 from .recorder.indexing import SegmentChecker, paced
+from .recorder.journal import SegmentJournal
 from .recorder.layout import SegmentLayout
 from .recorder.supervisor import Recorder
 from .service import StreamrecService
@@ -279,6 +280,9 @@ def build_service(
         cooperator=paced(reactor),
     )
     notify = notifier(pm)
+    journal = SegmentJournal(
+        reactor=reactor, store=store, path=os.path.join(data_dir, f"journal-{node_name}.jsonl")
+    )
     recorders = Recorders(
         make=partial(
             Recorder,
@@ -292,6 +296,7 @@ def build_service(
             reconnect_max=config.reconnect_max,
             launcher=parent_death_launcher(),
             node=node_name,
+            journal=journal,
         )
     )
     worker = ClipWorker(
@@ -326,6 +331,7 @@ def build_service(
         recorded=worker.recorded,
         space_short=janitor.run_now,
     )
+    journal.indexed = events.segment_closed  # segments indexed late are announced too
     node = Node(
         reactor=reactor,
         store=store,
@@ -365,6 +371,7 @@ def build_service(
         store=store,
         layout=layout,
         checker=checker,
+        journal=journal,
         streams=streams,
         node=node,
         api=StreamrecAPI(streams, storage.resource(), plugins),

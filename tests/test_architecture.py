@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "hookspecs": set(),
     "media": set(),
-    "store": set(),
+    "store": {"errors"},
     "sources": {"errors"},
     "views": {"store"},
     "plugins": {"hookspecs", "media", "threads"},

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..errors import CannotStart
+from ..errors import CannotStart, DatabaseUnavailable
 from ..media.ffmpeg import FfmpegChild, spawn
 from ..store import SqlStore
 from .command import (
@@ -37,6 +37,7 @@ from .command import (
     segmenter_args,
 )
 from .indexing import Checked, SegmentChecker
+from .journal import JOURNALED, SegmentJournal
 from .layout import SegmentLayout, segment_index
 from .timeline import RunClock
 
@@ -141,6 +142,7 @@ class Recorder:
         launcher: Sequence[str] = (),
         source_audio: str | None = None,
         node: str | None = None,
+        journal: SegmentJournal | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.node = node
@@ -149,6 +151,9 @@ class Recorder:
         self.url = url
         self.reactor = reactor
         self.store = store
+        # Segments go into the index through the journal, which keeps them
+        # while the database is away.
+        self.journal = journal or SegmentJournal(reactor=reactor, store=store, path=None)
         self.ffmpeg = ffmpeg
         self.layout = layout
         self.checker = checker
@@ -474,7 +479,7 @@ class Recorder:
         waiters, run.waiters = run.waiters, []
         try:
             await self._index_trailing(run)
-            await self.store.close_run(run.run_id, self.now(), f"exit {exit_code}: {why}")
+            await self._close_run(run.run_id, f"exit {exit_code}: {why}")
         finally:
             for waiter in waiters:
                 waiter.errback(CannotStart(why))
@@ -547,7 +552,7 @@ class Recorder:
             return
         await self._reanchor(run)
         start, end = run.clock.place(checked.duration, media_end)
-        segment_id = await self.store.add_segment(
+        segment_id = await self.journal.add_segment(
             self.stream_id, run.run_id, path, start, end, checked.size
         )
         if segment_id is None:
@@ -563,13 +568,26 @@ class Recorder:
         run.segments += 1
         if run is self.run and not run.exited:
             self._arm_watchdog()
-        self.listener.segment_closed(self.stream_id, segment_id, path, start, end)
+        if segment_id != JOURNALED:  # a journaled one is announced once indexed
+            self.listener.segment_closed(self.stream_id, segment_id, path, start, end)
+
+    async def _close_run(self, run_id: int, why: str) -> None:
+        try:
+            await self.store.close_run(run_id, self.now(), why)
+        except DatabaseUnavailable:
+            # Its segments are journaled; the run is closed by the next start's recovery.
+            log.warn(
+                "{who}run {run_id} left open: database unavailable", who=self._who, run_id=run_id
+            )
 
     async def _reanchor(self, run: Run) -> None:
         """Move the run's indexed segments to its better clock anchor."""
         delta = run.clock.reanchor()
         if delta:
-            await self.store.shift_run(run.run_id, delta)
+            try:
+                await self.store.shift_run(run.run_id, delta)
+            except DatabaseUnavailable:  # milliseconds, once a run: not worth waiting for
+                log.warn("{who}run {run} not moved: no database", who=self._who, run=run.run_id)
 
     async def _index_trailing(self, run: Run) -> None:
         """Index the segment ffmpeg was writing when it died without closing it."""

@@ -9,16 +9,22 @@ runs its steps one after another, and puts it back.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
+import psycopg2
 from twisted.internet.defer import Deferred, DeferredLock, FirstError
 from twisted.logger import Logger
-from txpostgres import reconnection, txpostgres
+from txpostgres import reconnection, retrying, txpostgres
+from txpostgres.reconnection import ConnectionDead
 
+from ..errors import DatabaseUnavailable
 from .steps import Insert, Lock, Query, Step, Steps, T, pyformat
 
 #: connections per service: the clip worker, the recorders and the API share them
 POOL_SIZE = 4
+
+#: Seconds between attempts to reach a database that did not answer.
+RETRY_SECONDS = 0.5
 
 
 log = Logger(namespace="streamrec.store")
@@ -28,24 +34,47 @@ class StoreClosed(RuntimeError):
     pass
 
 
+class Connection(txpostgres.Connection):
+    """A txpostgres connection whose loss, found while idle, is a disconnection
+    like any other (txpostgres lets psycopg2's error escape to the reactor,
+    which logs it as a crash)."""
+
+    def doRead(self) -> Any:
+        try:
+            return super().doRead()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+            return error  # the reason it is lost: its detector, if any, reconnects
+
+
 class PostgresDriver:
     dialect = "postgresql"
 
     def __init__(self, dsn: str, reactor: Any = None, size: int = POOL_SIZE) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        pool_class = type("Pool", (txpostgres.ConnectionPool,), {"reactor": reactor})
-        self._pool = pool_class(None, dsn, min=size)
-        # The pool forgets a connection while it is checked out; close() must not.
-        self._connections = list(self._pool.connections)
+        self._pool_class = type(
+            "Pool",
+            (txpostgres.ConnectionPool,),
+            {"reactor": reactor, "connectionFactory": Connection},
+        )
+        self._size = size
+        self._dsn = dsn
+        self._reactor = reactor
+        self._new_pool()
         self._connecting = DeferredLock()
-        self._connected = False
         self._closed = False
         self._busy = 0
         self._close_waiters: list[Deferred[None]] | None = []
-        self._dsn = dsn
-        self._reactor = reactor
         self._listener: Any = None
+        # When the last attempt to connect failed: the next waits RETRY_SECONDS.
+        self._failed_at: float | None = None
+        self.lost = 0  # connections lost and made again, for the curious
+
+    def _new_pool(self) -> None:
+        self._pool = self._pool_class(None, self._dsn, min=self._size)
+        # The pool forgets a connection while it is checked out; close() must not.
+        self._connections = list(self._pool.connections)
+        self._connected = False
 
     # -- connections ------------------------------------------------------
     def connect(self) -> Deferred[None]:
@@ -57,26 +86,54 @@ class PostgresDriver:
     async def _connect_once(self) -> None:
         if self._connected:
             return
+        now = self._reactor.seconds()
+        if self._failed_at is not None and now - self._failed_at < RETRY_SECONDS:
+            raise DatabaseUnavailable("the database did not answer; trying again shortly")
         try:
             await self._pool.start()
         except FirstError as error:
             # the first connection's error (psycopg2.OperationalError), not a wrapper
-            self._close_connections()
-            error.subFailure.raiseException()
-        except BaseException:
-            self._close_connections()
-            raise
+            self._failed(error.subFailure.value or error)
+        except BaseException as error:
+            self._failed(error)
+        self._failed_at = None
         self._connected = True
 
+    def _failed(self, error: BaseException) -> NoReturn:
+        """Connecting failed: start afresh next time (not before RETRY_SECONDS)."""
+        self._failed_at = self._reactor.seconds()
+        self._close_pool()
+        self._new_pool()
+        if is_disconnection(error):
+            raise DatabaseUnavailable(f"cannot reach the database: {first_line(error)}") from error
+        raise error
+
     async def _use(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``fn`` once connected, counted as in flight until it ends."""
+        """Run ``fn`` once connected, counted as in flight until it ends.
+
+        A statement that finds the connection gone fails with
+        :class:`~streamrec.errors.DatabaseUnavailable`, and the pool is made
+        anew: the next statement connects again (psycopg2's connections do
+        not come back by themselves).
+        """
         if self._closed:
             raise StoreClosed("the PostgreSQL store is closed")
         self._busy += 1
         try:
             if not self._connected:
                 await self._connecting.run(self._connect_once)
-            return await fn(*args)
+            pool = self._pool
+            try:
+                return await fn(*args)
+            except Exception as error:
+                if not is_disconnection(error):
+                    raise
+                if pool is self._pool and not self._closed:
+                    self.lost += 1
+                    log.warn("lost the database connection: {error}", error=first_line(error))
+                    self._close_pool()
+                    self._new_pool()
+                raise DatabaseUnavailable(f"lost the database: {first_line(error)}") from error
         finally:
             self._busy -= 1
             if self._closed and not self._busy:
@@ -103,15 +160,21 @@ class PostgresDriver:
             if raw is not None and not raw.closed:
                 self._listener.close()
             self._listener = None
-        for connection in self._connections:
-            # txpostgres' close() fails on a connection that never connected.
-            raw = connection._connection
-            if raw is not None and not raw.closed:
-                connection.close()
+        self._close_pool()
         if self._closed and self._close_waiters is not None:
             waiters, self._close_waiters = self._close_waiters, None
             for waiter in waiters:
                 waiter.callback(None)
+
+    def _close_pool(self) -> None:
+        for connection in self._connections:
+            # txpostgres' close() fails on a connection that never connected.
+            raw = connection._connection
+            if raw is not None and not raw.closed:
+                try:
+                    connection.close()
+                except Exception:  # already broken: nothing to close cleanly
+                    pass
 
     # -- statements -------------------------------------------------------
     def transaction(self, steps: Steps[T]) -> Deferred[T]:
@@ -140,8 +203,10 @@ class PostgresDriver:
         """Call ``callback(payload)`` for each NOTIFY on ``channel``, on a connection
         of its own that reconnects by itself; after a reconnection, with ``""``
         (what was sent meanwhile is lost: NOTIFY is not durable)."""
-        detector = reconnection.DeadConnectionDetector()
-        connection = txpostgres.Connection(reactor=self._reactor, detector=detector)
+        detector = reconnection.DeadConnectionDetector(
+            reconnectionIterator=_listen_retry_delays, reactor=self._reactor
+        )
+        connection = Connection(reactor=self._reactor, detector=detector)
         connection.addNotifyObserver(lambda notify: callback(notify.payload))
 
         async def subscribe() -> None:
@@ -159,6 +224,28 @@ class PostgresDriver:
 
     def notify(self, channel: str, payload: str) -> Deferred[None]:
         return self.operation("SELECT pg_notify(?, ?)", (channel, payload))
+
+
+def _listen_retry_delays() -> Any:
+    return retrying.simpleBackoffIterator(
+        initialDelay=RETRY_SECONDS, maxDelay=2.0, factor=1.5, maxRetries=0, now=True
+    )
+
+
+def is_disconnection(error: BaseException) -> bool:
+    """Whether ``error`` means the connection is gone (not a bad statement)."""
+    if isinstance(error, (psycopg2.InterfaceError, ConnectionDead, txpostgres.RollbackFailed)):
+        return True
+    if isinstance(error, psycopg2.OperationalError):
+        # Connection failures (class 08), server shutdown (57P), or none at all.
+        code = getattr(error, "pgcode", None)
+        return code is None or code.startswith(("08", "57P"))
+    return False
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 async def run_steps(cursor: Any, steps: Steps[T]) -> T:

@@ -17,6 +17,7 @@ import psycopg2
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
+from streamrec.errors import DatabaseUnavailable
 from streamrec.store import (
     JOB_DONE,
     JOB_EXPIRED,
@@ -510,7 +511,7 @@ class OpenStoreTests(unittest.TestCase):
         store = open_store(f"postgresql://nobody@127.0.0.1:{free_port()}/streamrec", "unused")
         self.addCleanup(store.close)
         self.assertEqual(store.dialect, "postgresql")
-        return self.assertFailure(defer.ensureDeferred(store.migrate()), psycopg2.OperationalError)
+        return self.assertFailure(defer.ensureDeferred(store.migrate()), DatabaseUnavailable)
 
 
 class PostgresServiceTests(ServiceTestCase):
