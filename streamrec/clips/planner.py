@@ -26,28 +26,30 @@ def plan_spans(segments: Sequence[Segment], start: float, stop: float) -> list[S
     """Split ``segments`` (ordered by time) into continuous spans within [start, stop).
 
     A change of run (the segmenter restarted, the stream was stopped and
-    started) or a hole between segments starts a new span.
+    started) or a hole between segments starts a new span. Two runs may
+    overlap: a node cut off from the database recorded on while another
+    took the stream over. Then the run that began first is kept to its end,
+    and the other's span starts where it ends, so no instant is in two clips.
     """
     groups: list[list[Segment]] = []
+    open_group: dict[int, list[Segment]] = {}  # run -> its latest group
     for segment in segments:
         if segment.end <= start or segment.start >= stop:
             continue
-        last = groups[-1][-1] if groups else None
-        if (
-            last is not None
-            and last.run_id == segment.run_id
-            and segment.start - last.end <= MAX_JOIN_GAP
-        ):
-            groups[-1].append(segment)
+        group = open_group.get(segment.run_id)
+        if group is not None and segment.start - group[-1].end <= MAX_JOIN_GAP:
+            group.append(segment)
         else:
-            groups.append([segment])
+            group = open_group[segment.run_id] = [segment]
+            groups.append(group)
     spans = []
-    for group in groups:
-        span = Span(
-            segments=tuple(group),
-            start=max(start, group[0].start),
-            stop=min(stop, group[-1].end),
-        )
-        if span.stop - span.start >= MIN_CLIP_SECONDS:
-            spans.append(span)
+    covered = start
+    for group in groups:  # ordered by their first segment
+        span_start = max(covered, group[0].start)
+        span_stop = min(stop, group[-1].end)
+        if span_stop - span_start < MIN_CLIP_SECONDS:
+            continue
+        inside = tuple(s for s in group if s.end > span_start and s.start < span_stop)
+        spans.append(Span(segments=inside, start=span_start, stop=span_stop))
+        covered = span_stop
     return spans

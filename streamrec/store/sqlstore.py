@@ -22,6 +22,9 @@ from .steps import Driver, Insert, Lock, Query, Steps, T
 #: Seconds no indexed segment is longer than (the recorder refuses longer ones).
 LONGEST_SEGMENT = 600.0
 
+#: Seconds (a frame) by which an older owner's segment may overlap a newer one's.
+FENCE_TOLERANCE = 0.04
+
 # Lock namespaces (:class:`~.steps.Lock`): one per kind of read-then-write transaction.
 _MIGRATION_LOCK = 0x5EC0
 
@@ -325,15 +328,17 @@ class SqlStore(JobQueries, LeaseQueries):
         self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
     ) -> Steps[int | None]:
         # Fencing: a run of an older epoch (a node that lost the stream's lease)
-        # is not indexed over time that a run of a newer epoch has covered.
+        # is not indexed where a run of a newer epoch already covers its start:
+        # it may fill the time before the new owner began, never double it.
+        at = start + FENCE_TOLERANCE
         rows = yield Query(
             "INSERT INTO segments (stream_id, run_id, path, start_time, end_time, bytes)"
             " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM segments"
             " JOIN runs ON runs.id = segments.run_id WHERE segments.stream_id = ?"
-            " AND segments.end_time > ? AND segments.end_time < ? AND segments.start_time < ?"
+            " AND segments.end_time > ? AND segments.end_time < ? AND segments.start_time <= ?"
             " AND runs.epoch > (SELECT epoch FROM runs WHERE id = ?)) RETURNING id",
             (stream_id, run_id, path, start, end, size)
-            + (stream_id, start, end + LONGEST_SEGMENT, end, run_id),
+            + (stream_id, at, at + LONGEST_SEGMENT, at, run_id),
         )
         if not rows:
             return None

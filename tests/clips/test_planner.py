@@ -39,3 +39,20 @@ class PlanTests(unittest.SynchronousTestCase):
 
     def test_nothing_recorded_is_no_clip(self):
         self.assertEqual(plan_spans([], 0, 10), [])
+
+    def test_overlapping_runs_are_one_after_the_other_with_no_instant_twice(self):
+        # Run 1 (a node cut off from the database) went on while run 2 (the
+        # node that took the stream over) began at 5: run 1 is kept to its
+        # end, run 2 follows from there.
+        found = segments((1, 0, 2), (1, 2, 4), (1, 4, 6), (2, 5, 7), (1, 6, 8), (2, 7, 9))
+        found.sort(key=lambda s: s.start)
+        spans = plan_spans(found, 1.0, 9.0)
+        self.assertEqual([(s.start, s.stop) for s in spans], [(1.0, 8), (8, 9.0)])
+        self.assertEqual([s.run_id for s in spans[1].segments], [2])
+        self.assertEqual([s.start for s in spans[1].segments], [7])
+
+    def test_a_run_inside_another_adds_nothing(self):
+        found = segments((1, 0, 2), (2, 0.5, 1.5), (1, 2, 4))
+        found.sort(key=lambda s: s.start)
+        [span] = plan_spans(found, 0, 4)
+        self.assertEqual({s.run_id for s in span.segments}, {1})

@@ -154,8 +154,12 @@ class LeaseTestsMixin:
             await self.store.add_segment(stream, new_run, "/b/1.mp4", NOW + 3, NOW + 5, 10),
             "the newer owner is never refused",
         )
+        self.assertIsNotNone(
+            await self.store.add_segment(stream, old_run, "/a/4.mp4", NOW + 9, NOW + 11, 10),
+            "a's segment that began before b's first one fills the time before it",
+        )
         totals = await self.store.totals(stream)
-        self.assertEqual(totals.segments, 4)
+        self.assertEqual(totals.segments, 5)
         self.assertEqual([r for r, _ in await self.store.open_runs("a")], [old_run])
 
 
