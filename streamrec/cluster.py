@@ -30,6 +30,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from .errors import DatabaseUnavailable
 from .recorder.fleet import Recorders
 from .recorder.supervisor import RecorderListener
 from .store import SqlStore, Stream
@@ -42,6 +43,10 @@ CHANNEL = "streamrec_leases"
 
 #: Seconds a lease lasts unless renewed (Kubernetes' Lease default).
 LEASE_SECONDS = 15.0
+
+#: Seconds a node records on, at most, after it learns that another node took a
+#: stream, while the new owner has indexed nothing yet: never a hole between them.
+OVERLAP_SECONDS = 30.0
 
 
 def default_node_name() -> str:
@@ -99,6 +104,11 @@ class Node(Service):
         self._again = False
         self._left_unclaimed = False
         self._stopping = False
+        # The last round could not reach the database: the next one only renews,
+        # so that the nodes that were cut off too get their own streams back first.
+        self._cut_off = False
+        # Streams another node took, still recorded here until it has recorded: since when.
+        self._overlap: dict[int, float] = {}
 
     @property
     def renew_every(self) -> float:
@@ -184,6 +194,15 @@ class Node(Service):
         next_round = self.renew_every
         try:
             next_round = await self._round()
+        except DatabaseUnavailable as failure:
+            if not self._cut_off:
+                log.warn(
+                    "node {name}: database unavailable ({why}); recording on",
+                    name=self.node_name,
+                    why=failure.reason,
+                )
+            self._cut_off = True
+            next_round = min(1.0, self.renew_every)
         except Exception:
             log.failure(
                 "node {name}: the database did not answer the lease round", name=self.node_name
@@ -205,7 +224,7 @@ class Node(Service):
                 name=self.node_name,
             )
             self.held.clear()
-            await self._follow({})
+            await self._follow({}, overlap=False)
             self._stopping = True
             return self.renew_every
         held = {
@@ -214,6 +233,10 @@ class Node(Service):
         }
         self.held = {sid: lease for sid, lease in held.items() if lease.wanted}
         await self._follow(held)
+        if self._cut_off:
+            self._cut_off = False
+            log.info("node {name}: the database is back", name=self.node_name)
+            return min(1.0, self.renew_every)  # the others renew before anyone claims
         room = await self._room()
         if room > 0:
             claimed = await self.store.claim_streams(self.node_name, self.lease_seconds, room)
@@ -252,7 +275,7 @@ class Node(Service):
         self._left_unclaimed = True
         return int(min(take, free))
 
-    async def _follow(self, held: dict[int, Lease]) -> None:
+    async def _follow(self, held: dict[int, Lease], overlap: bool = True) -> None:
         """Stop what this node no longer holds or is no longer wanted; record what
         it holds and does not record yet."""
         for stream_id, recorder in list(self.recorders.by_stream.items()):
@@ -260,6 +283,8 @@ class Node(Service):
                 continue
             lease = held.get(stream_id)
             if lease is None or lease.epoch != recorder.epoch:
+                if overlap and not await self._overlap_over(stream_id, recorder.epoch):
+                    continue
                 log.warn(
                     "node {name}: stream {stream_id} is recorded by another node now;"
                     " stopping here",
@@ -283,6 +308,25 @@ class Node(Service):
                 self._record(lease)
             elif not lease.wanted and not running:
                 await self.store.release_leases(self.node_name, [stream_id])
+
+    async def _overlap_over(self, stream_id: int, epoch: int) -> bool:
+        """Whether to stop recording a stream another node took: once that node
+        has indexed a segment, or after :data:`OVERLAP_SECONDS` in any case."""
+        now = self.reactor.seconds()
+        since = self._overlap.setdefault(stream_id, now)
+        if now - since < OVERLAP_SECONDS and not await self.store.newer_owner_recorded(
+            stream_id, epoch
+        ):
+            if since == now:
+                log.info(
+                    "node {name}: stream {stream_id} was taken by another node;"
+                    " recording on until it has recorded",
+                    name=self.node_name,
+                    stream_id=stream_id,
+                )
+            return False
+        del self._overlap[stream_id]
+        return True
 
     def _record(self, lease: Lease) -> None:
         async def step() -> None:

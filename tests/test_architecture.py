@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "clips": {"errors", "media", "plugins", "store", "views"},
     "builtin": {"streamrec", "clips", "errors", "media", "plugins"},
     "janitor": {"store"},
-    "cluster": {"recorder", "store"},
+    "cluster": {"errors", "recorder", "store"},
     "core": {"cluster", "errors", "plugins", "recorder", "sources", "store", "views"},
     "api": {"core", "errors"},
     "service": {"api", "clips", "cluster", "core", "janitor", "recorder", "store"},

@@ -13,7 +13,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from streamrec.cluster import Node
+from streamrec.cluster import OVERLAP_SECONDS, Node
+from streamrec.errors import DatabaseUnavailable
 from streamrec.recorder.fleet import Recorders
 
 from .store.test_store import run
@@ -120,8 +121,56 @@ class NodeTests(unittest.TestCase):
         self.assertEqual({b.made[s].epoch for s in on_a}, {2}, "a new epoch for each")
         await a.node.tick()  # a's network comes back
         await a.settle()
+        self.assertEqual(a.recording(), on_a, "a records on until b has recorded: no hole")
+        for stream in on_a:
+            run = await self.store.open_run(stream, NOW, "b", 2)
+            await self.store.add_segment(stream, run, f"/b/{stream}.mp4", NOW, NOW + 2, 10)
+        await a.node.tick()
+        await a.settle()
         self.assertEqual(a.recording(), [], "a stops what b holds now")
         self.assertEqual([a.made[s].calls for s in on_a], [["resume", "stop"]] * 2)
+
+    @run
+    async def test_a_cut_off_node_records_on_a_bounded_while_if_the_new_owner_records_nothing(
+        self,
+    ):
+        await self.wanted(2)
+        a, b = await self.boxes("a", "b")
+        on_a = a.recording()
+        await self.expire_leases_of("a")
+        await b.node.tick()
+        await a.node.tick()
+        await a.settle()
+        self.assertEqual(a.recording(), on_a)
+        self.clock.advance(OVERLAP_SECONDS)
+        while a.node._ticking is not None:  # the round the clock just ran
+            await a.node._ticking
+        await a.node.tick()
+        await a.settle()
+        self.assertEqual(a.recording(), [])
+
+    @run
+    async def test_after_an_outage_a_node_renews_before_it_claims(self):
+        await self.wanted(4)
+        a, b = await self.boxes("a", "b")
+        on_a, on_b = a.recording(), b.recording()
+        real_heartbeat = self.store.heartbeat
+
+        async def down(*args: Any) -> bool:
+            raise DatabaseUnavailable("connection refused")
+
+        self.store.heartbeat = down  # type: ignore[method-assign]
+        await a.node.tick()
+        await b.node.tick()
+        self.store.heartbeat = real_heartbeat  # type: ignore[method-assign]
+        await self.expire_leases_of("a")  # a long outage: every lease ran out
+        await self.expire_leases_of("b")
+        await a.node.tick()  # back first: renews its own, claims nothing yet
+        await b.node.tick()
+        for box in (a, b):
+            await box.node.tick()
+            await box.settle()
+        self.assertEqual((a.recording(), b.recording()), (on_a, on_b), "nothing moved")
 
     @run
     async def test_a_stop_through_any_node_stops_the_recorder_where_it_runs(self):

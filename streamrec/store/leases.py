@@ -186,6 +186,15 @@ class LeaseQueries:
         )
         return int(rows[0][0])
 
+    async def newer_owner_recorded(self, stream_id: int, epoch: int) -> bool:
+        """Whether a node that holds the stream under a newer epoch has indexed a segment."""
+        rows = await self._query(
+            "SELECT 1 FROM runs WHERE stream_id = ? AND epoch > ?"
+            " AND EXISTS (SELECT 1 FROM segments WHERE segments.run_id = runs.id) LIMIT 1",
+            (stream_id, epoch),
+        )
+        return bool(rows)
+
     async def set_recorder_state(
         self, stream_id: int, name: str, state: str, error: str | None
     ) -> None:
