@@ -104,9 +104,11 @@ class Node(Service):
         self._again = False
         self._left_unclaimed = False
         self._stopping = False
-        # The last round could not reach the database: the next one only renews,
-        # so that the nodes that were cut off too get their own streams back first.
+        # The last round could not reach the database. Once it answers again, this
+        # node only renews for a lease's length (until ``_claims_from``), so that
+        # the nodes that were cut off too keep their streams.
         self._cut_off = False
+        self._claims_from = 0.0
         # Streams another node took, still recorded here until it has recorded: since when.
         self._overlap: dict[int, float] = {}
 
@@ -235,7 +237,9 @@ class Node(Service):
         await self._follow(held)
         if self._cut_off:
             self._cut_off = False
+            self._claims_from = self.reactor.seconds() + self.lease_seconds
             log.info("node {name}: the database is back", name=self.node_name)
+        if self.reactor.seconds() < self._claims_from:
             return min(1.0, self.renew_every)  # the others renew before anyone claims
         room = await self._room()
         if room > 0:

@@ -22,6 +22,7 @@ from .errors import (
     StatusUnavailable,
     StreamNotFound,
     UnknownEncoder,
+    log_failure,
 )
 from .plugins import ClipEncoder, StorageBackend
 from .recorder.fleet import Recorders
@@ -70,7 +71,7 @@ class RecorderEvents:
 
     def state_changed(self, stream_id: int, state: str, error: str | None) -> None:
         d = defer.ensureDeferred(self.store.set_recorder_state(stream_id, self.node, state, error))
-        d.addErrback(lambda f: log.failure("cannot record the recorder's state", f))
+        d.addErrback(lambda f: log_failure(log, "cannot record the recorder's state", f))
         self.notify("stream_state_changed", stream_id=stream_id, state=state, error=error)
 
     def disk_full(self, stream_id: int) -> None:
@@ -78,7 +79,7 @@ class RecorderEvents:
 
     def audio_found(self, stream_id: int, codec: str) -> None:
         d = defer.ensureDeferred(self.store.set_source_audio(stream_id, codec))
-        d.addErrback(lambda f: log.failure("cannot record the source's audio codec", f))
+        d.addErrback(lambda f: log_failure(log, "cannot record the source's audio codec", f))
 
 
 class Streams:

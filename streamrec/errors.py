@@ -7,6 +7,8 @@ nothing below the API knows about HTTP.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StreamrecError(Exception):
     """Base of the errors a caller of the domain is told about. ``reason``, when
@@ -64,3 +66,12 @@ class DatabaseUnavailable(StreamrecError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def log_failure(logger: Any, what: str, failure: Any, **fields: Any) -> None:
+    """Log ``failure`` (a twisted Failure) under ``what``: a database outage as one
+    line, since it is expected and passes, anything else with its traceback."""
+    if failure.check(DatabaseUnavailable):
+        logger.warn(what + ": {why}", why=failure.value.reason, **fields)
+    else:
+        logger.failure(what, failure, **fields)

@@ -18,6 +18,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from .errors import log_failure
 from .store import Segment, SqlStore, Stream
 
 log = Logger(namespace="streamrec.janitor")
@@ -164,7 +165,7 @@ class Janitor(Service):
             self._again = True
             return self._sweeping
         d = defer.ensureDeferred(self.sweep())
-        d.addErrback(lambda f: log.failure("retention sweep failed", f))
+        d.addErrback(lambda f: log_failure(log, "retention sweep failed", f))
         d.addBoth(self._swept)
         self._sweeping = d
         return d

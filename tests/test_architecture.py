@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "recorder": {"errors", "media", "sources", "store"},
     "clips": {"errors", "media", "plugins", "store", "views"},
     "builtin": {"streamrec", "clips", "errors", "media", "plugins"},
-    "janitor": {"store"},
+    "janitor": {"errors", "store"},
     "cluster": {"errors", "recorder", "store"},
     "core": {"cluster", "errors", "plugins", "recorder", "sources", "store", "views"},
     "api": {"core", "errors"},

@@ -13,6 +13,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..errors import log_failure
 from ..media.mp4 import SegmentPiece
 from ..plugins import ClipEncoder, EncodeRequest, StorageBackend
 from ..store import JOB_FAILED, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, SqlStore
@@ -95,7 +96,7 @@ class ClipWorker(Service):
             return
         self._ticking = True
         d = defer.ensureDeferred(self._tick())
-        d.addErrback(lambda f: log.failure("clip worker tick failed", f))
+        d.addErrback(lambda f: log_failure(log, "clip worker tick failed", f))
         d.addBoth(self._ticked)
 
     def recorded(self, stream_id: int) -> None:
@@ -212,4 +213,4 @@ class ClipWorker(Service):
         d = defer.ensureDeferred(
             self.store.set_job_progress(job_id, min(fraction, 0.99), self.reactor.seconds())
         )
-        d.addErrback(lambda f: log.failure("cannot record progress", f))
+        d.addErrback(lambda f: log_failure(log, "cannot record progress", f))

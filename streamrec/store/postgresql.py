@@ -44,6 +44,8 @@ class Connection(txpostgres.Connection):
             return super().doRead()
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
             return error  # the reason it is lost: its detector, if any, reconnects
+        except ValueError:  # txpostgres watching the socket (fd -1) of a closed connection
+            return psycopg2.OperationalError("the server closed the connection")
 
 
 class PostgresDriver:

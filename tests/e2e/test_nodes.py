@@ -26,37 +26,33 @@ from ..support.service_process import ServiceProcess, kill_processes_under, proc
 LEASE = 4.0
 
 
-class NodesTests(unittest.TestCase):
-    if not DATABASE:
-        skip = NO_DATABASE
-    timeout = 240
+class Nodes:
+    """Real nodes on one database, and what the tests ask of them."""
 
-    def setUp(self) -> defer.Deferred[None]:
-        self.url = fresh_postgres_url(self)
-        self.nodes: list[ServiceProcess] = []
-        return defer.ensureDeferred(self._start_nodes(3))
+    url: str
+    nodes: list[ServiceProcess]
 
-    async def _start_nodes(self, count: int) -> None:
-        for n in range(count):
-            await self.start_node(f"node{n}")
-
-    async def start_node(self, name: str, data_dir: str | None = None) -> ServiceProcess:
+    async def start_node(
+        self, name: str, data_dir: str | None = None, database: str | None = None
+    ) -> ServiceProcess:
+        testcase: Any = self
         node = ServiceProcess(
-            self,
-            data_dir or os.path.abspath(self.mktemp()),
-            database=self.url,
+            testcase,
+            data_dir or os.path.abspath(testcase.mktemp()),
+            database=database or self.url,
             node=name,
             lease_seconds=LEASE,
         )
         node.name = name  # type: ignore[attr-defined]
-        self.addCleanup(kill_processes_under, node.data_dir)
-        self.addCleanup(node.stop)
+        testcase.addCleanup(kill_processes_under, node.data_dir)
+        testcase.addCleanup(node.stop)
         await node.start()
         self.nodes.append(node)
         return node
 
     def sources(self, count: int) -> list[UdpTsSource]:
-        return [UdpTsSource.running(self, audio=None, bitrate="200k") for _ in range(count)]
+        testcase: Any = self
+        return [UdpTsSource.running(testcase, audio=None, bitrate="200k") for _ in range(count)]
 
     def recording_where(self, stream_id: int) -> list[str]:
         """The nodes with a live segmenter of ``stream_id`` (from /proc)."""
@@ -70,9 +66,12 @@ class NodesTests(unittest.TestCase):
     async def started(self, count: int) -> list[int]:
         """``count`` live sources, created through the first node and started
         through each node in turn."""
+        return await self.started_from([source.url for source in self.sources(count)])
+
+    async def started_from(self, urls: list[str]) -> list[int]:
         ids = []
-        for source in self.sources(count):
-            answer = await self.nodes[0].ok("POST", "/streams/create", url=source.url)
+        for url in urls:
+            answer = await self.nodes[0].ok("POST", "/streams/create", url=url)
             ids.append(answer["stream_id"])
         for n, stream_id in enumerate(ids):
             await self.nodes[n % len(self.nodes)].ok("POST", f"/streams/{stream_id}/start")
@@ -90,6 +89,26 @@ class NodesTests(unittest.TestCase):
         if len(owners) == 1 and owners <= set(nodes) and states == {"recording"}:
             return owners.pop()
         return None
+
+    async def _recorded_after(self, stream_id: int, moment: float) -> Any:
+        answer = await self.nodes[1].status(stream_id)
+        last = answer["recorded"]["last"]
+        return answer if last is not None and last > moment + 1 else None
+
+
+class NodesTests(Nodes, unittest.TestCase):
+    if not DATABASE:
+        skip = NO_DATABASE
+    timeout = 240
+
+    def setUp(self) -> defer.Deferred[None]:
+        self.url = fresh_postgres_url(self)
+        self.nodes = []
+        return defer.ensureDeferred(self._start_nodes(3))
+
+    async def _start_nodes(self, count: int) -> None:
+        for n in range(count):
+            await self.start_node(f"node{n}")
 
     @run
     async def test_every_started_stream_is_recorded_by_exactly_one_node(self):
@@ -146,11 +165,6 @@ class NodesTests(unittest.TestCase):
             )
             self.assertGreater(status["recorded"]["segments"], 1)
         self.assertLess(moved, 240)
-
-    async def _recorded_after(self, stream_id: int, moment: float) -> Any:
-        answer = await self.nodes[1].status(stream_id)
-        last = answer["recorded"]["last"]
-        return answer if last is not None and last > moment + 1 else None
 
     @run
     async def test_a_node_stopping_hands_its_streams_over(self):
