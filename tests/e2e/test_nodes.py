@@ -14,7 +14,8 @@ import signal
 import time
 from typing import Any
 
-from twisted.internet import defer
+import psycopg2
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from ..store.test_store import DATABASE, NO_DATABASE, fresh_postgres_url, run
@@ -24,6 +25,26 @@ from ..support.service_process import ServiceProcess, kill_processes_under, proc
 
 #: Short leases, so that a failover fits in a test (the default is 15 s).
 LEASE = 4.0
+
+#: The nodes' --segment-seconds (the default).
+SEGMENT_SECONDS = 2.0
+
+
+def handover(url: str, stream_id: int, old: str) -> tuple[float, float]:
+    """(end of the last segment ``old`` recorded, start of the first segment
+    another node recorded after it) of a stream, from the index."""
+    with psycopg2.connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT runs.node, segments.start_time, segments.end_time FROM segments"
+            " JOIN runs ON runs.id = segments.run_id WHERE segments.stream_id = %s"
+            " ORDER BY segments.start_time",
+            (stream_id,),
+        )
+        rows = cursor.fetchall()
+    connection.close()
+    last_old = max(end for node, _, end in rows if node == old)
+    first_new = min(start for node, start, _ in rows if node != old and start >= last_old - 1)
+    return last_old, first_new
 
 
 class Nodes:
@@ -164,6 +185,13 @@ class NodesTests(Nodes, unittest.TestCase):
                 lambda s=stream_id: self._recorded_after(s, killed), 30, "a segment after"
             )
             self.assertGreater(status["recorded"]["segments"], 1)
+            last, first = await threads.deferToThread(handover, self.url, stream_id, "node0")
+            print(
+                f"\n  stream {stream_id}: killed {killed - last:.2f} s after its last indexed"
+                f" segment ended; recording again {first - killed:.2f} s after the kill;"
+                f" gap in the archive {first - last:.2f} s (lease {LEASE:g} s)"
+            )
+            self.assertLess(first - last, LEASE + 15)
         self.assertLess(moved, 240)
 
     @run
@@ -182,6 +210,13 @@ class NodesTests(Nodes, unittest.TestCase):
             await until(
                 lambda s=stream_id: self.recording_on(s, ["node0", "node1"]), 30, "handed over"
             )
+            handed = time.time()
+            await until(
+                lambda s=stream_id, t=handed: self._recorded_after(s, t), 30, "a segment after"
+            )
+            last, first = await threads.deferToThread(handover, self.url, stream_id, "node2")
+            print(f"\n  stream {stream_id}: hand-over gap {first - last:.2f} s")
+            self.assertLess(first - last, SEGMENT_SECONDS + 1, "about a segment at most")
 
     @run
     async def test_parallel_starts_through_every_node_start_one_recorder(self):
