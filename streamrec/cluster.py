@@ -282,6 +282,8 @@ class Node(Service):
     async def _follow(self, held: dict[int, Lease], overlap: bool = True) -> None:
         """Stop what this node no longer holds or is no longer wanted; record what
         it holds and does not record yet."""
+        for stream_id in [s for s in self._overlap if s not in self.recorders.by_stream]:
+            del self._overlap[stream_id]
         for stream_id, recorder in list(self.recorders.by_stream.items()):
             if self.locks.busy(stream_id) or not recorder.wanted:
                 continue
