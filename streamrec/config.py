@@ -32,6 +32,8 @@ class Config:
     node: str = ""
     max_streams: int = 0
     lease_seconds: float = 15.0
+    # How long a clip job waits for a node that holds part of its recording.
+    clip_wait: float = 600.0
     # Settings of plugins by name: the [NAME] sections of the --config file.
     plugin_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -182,6 +182,14 @@ class Options(usage.Options):
             "How long a node's hold on a stream lasts unless renewed (renewed every third).",
             duration,
         ],
+        [
+            "clip-wait",
+            None,
+            DEFAULTS.clip_wait,
+            "How long a clip job waits for a node that holds part of its recording and is"
+            " gone, before it fails.",
+            duration,
+        ],
     ]
     optFlags = [
         ["no-plugins", None, "Do not load installed plugins (entry points)."],
@@ -308,6 +316,8 @@ def build_service(
         is_recording=recorders.is_recording,
         notify=notify,
         concurrency=config.clip_workers,
+        node=node_name,
+        span_wait=config.clip_wait,
     )
     janitor = Janitor(
         reactor=reactor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .store import JOB_DONE, Clip, ClipJob, Stream, Totals
+from .store import JOB_DONE, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, Stream, Totals
 
 
 def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,4 +61,6 @@ def job_json(job: ClipJob, link: Callable[[Clip], str] = lambda clip: clip.link)
     }
     if job.error_message:
         answer["error_message"] = job.error_message
+    if job.waiting_for and job.status in (JOB_PENDING, JOB_PROCESSING):
+        answer["waiting_for"] = job.waiting_for  # nodes holding part of it, gone for now
     return answer

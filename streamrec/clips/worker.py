@@ -16,16 +16,37 @@ from twisted.python.failure import Failure
 from ..errors import log_failure
 from ..media.mp4 import SegmentPiece
 from ..plugins import ClipEncoder, EncodeRequest, StorageBackend
-from ..store import JOB_FAILED, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, SqlStore
+from ..store import (
+    JOB_FAILED,
+    JOB_PENDING,
+    JOB_PROCESSING,
+    Clip,
+    ClipJob,
+    Segment,
+    SpanTask,
+    SqlStore,
+)
 from ..views import clip_json
 from .planner import plan_spans
 
 log = Logger(namespace="streamrec.clips")
 
+#: Seconds a job waits for a node that holds part of its recording and is gone.
+SPAN_WAIT = 600.0
+
 
 class ClipWorker(Service):
     """Polls pending jobs, waits until the recording has reached their end,
-    builds one clip per continuous span and hands it to the storage backend."""
+    cuts each into spans (one clip per continuous recorded span) and builds the
+    spans this node can read, handing each clip to the storage backend.
+
+    Several nodes may share a database, each with segments on its own disk.
+    A job is planned once, by whichever worker comes first; each span names
+    the node that recorded it, and is built by that node, or by any node that
+    can read the span's segment files itself (a data dir all nodes share).
+    While a span's node is gone, its job waits (``waiting_for``) and fails
+    after ``span_wait`` seconds if the node has not come back.
+    """
 
     def __init__(
         self,
@@ -40,6 +61,8 @@ class ClipWorker(Service):
         concurrency: int = 2,
         poll_interval: float = 0.5,
         late_grace: float = 10.0,
+        node: str | None = None,
+        span_wait: float = SPAN_WAIT,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -51,6 +74,8 @@ class ClipWorker(Service):
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.late_grace = late_grace
+        self.node = node
+        self.span_wait = span_wait
         self.running_jobs: set[int] = set()
         self.reading: dict[int, set[str]] = {}
         self.builds: dict[int, defer.Deferred[None]] = {}
@@ -58,6 +83,8 @@ class ClipWorker(Service):
         self._ticking = False
         # Streams with pending jobs that wait for their recording to reach them.
         self.waiting: set[int] = set()
+        # Nodes whose segment files this node has found it can read (a shared data dir).
+        self._readable: set[str] = set()
 
     # -- service ----------------------------------------------------------
     def startService(self) -> None:
@@ -67,7 +94,7 @@ class ClipWorker(Service):
         self._loop = task.LoopingCall(self.wake)
         self._loop.clock = self.reactor
         d = defer.ensureDeferred(self._resume_interrupted())
-        d.addErrback(lambda f: log.failure("cannot resume clip jobs", f))
+        d.addErrback(lambda f: log_failure(log, "cannot resume clip jobs", f))
         d.addBoth(self._start_polling)
 
     def _start_polling(self, _: object) -> None:
@@ -75,8 +102,8 @@ class ClipWorker(Service):
             self._loop.start(self.poll_interval, now=True)
 
     def stopService(self) -> None:
-        """Stop polling and abandon builds under way: they stay ``processing``
-        and are built again by the next start."""
+        """Stop polling and abandon builds under way: their spans stay taken by
+        this node and are built again by its next start (or by another node)."""
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -84,10 +111,16 @@ class ClipWorker(Service):
             build.cancel()
 
     async def _resume_interrupted(self) -> None:
-        """Jobs a previous process left half-built are built again from scratch."""
+        """Spans a previous process of this node left half-built are built again
+        from scratch; so are jobs it took before jobs were cut into spans."""
+        if self.node is not None:
+            await self.store.release_spans(self.node)
         for job in await self.store.jobs_with_status(JOB_PROCESSING):
-            log.info("clip job {job_id} was interrupted: building it again", job_id=job.id)
-            await self.store.set_job_status(job.id, JOB_PENDING, self.reactor.seconds(), progress=0)
+            if job.planned_at is None:
+                log.info("clip job {job_id} was interrupted: building it again", job_id=job.id)
+                await self.store.set_job_status(
+                    job.id, JOB_PENDING, self.reactor.seconds(), progress=0
+                )
 
     # -- polling -------------------------------------------------------------
     def wake(self) -> None:
@@ -108,8 +141,6 @@ class ClipWorker(Service):
         self._ticking = False
 
     async def _tick(self) -> None:
-        if len(self.running_jobs) >= self.concurrency:
-            return
         waiting = set()
         for job in await self.store.jobs_with_status(JOB_PENDING):
             if len(self.running_jobs) >= self.concurrency:
@@ -120,11 +151,68 @@ class ClipWorker(Service):
             if not await self._ready(job):
                 waiting.add(job.stream_id)
                 continue
-            self.running_jobs.add(job.id)
-            d = self.builds[job.id] = defer.ensureDeferred(self.build(job))
-            d.addErrback(self._crashed)
-            d.addBoth(self._finished, job.id)
+            self._start_build(job)
         self.waiting = waiting
+        await self._planned_jobs()
+
+    async def _planned_jobs(self) -> None:
+        """Build the spans of planned jobs that this node can build; note the jobs
+        whose spans wait for a node that is gone, and fail those that waited too long."""
+        spans = await self.store.open_spans()
+        if not spans:
+            return
+        live = {node.name for node in await self.store.live_nodes()}
+        by_job: dict[int, list[SpanTask]] = {}
+        for span in spans:
+            by_job.setdefault(span.job_id, []).append(span)
+        for job_id, open_spans in by_job.items():
+            buildable = [s for s in open_spans if await self._can_build(s)]
+            if buildable and job_id not in self.running_jobs:
+                if len(self.running_jobs) < self.concurrency and any(
+                    s.status == JOB_PENDING or s.builder not in live for s in buildable
+                ):
+                    self._start_build(await self.store.get_job(job_id))
+            gone = sorted(
+                {
+                    s.node or ""
+                    for s in open_spans
+                    if s not in buildable and s.node not in live and s.builder not in live
+                }
+            )
+            await self._wait_for(job_id, gone, open_spans[0].planned_at)
+
+    async def _wait_for(self, job_id: int, gone: list[str], planned_at: float) -> None:
+        job = await self.store.get_job(job_id)
+        waiting_for = ", ".join(gone) or None
+        if gone and self.reactor.seconds() - planned_at > self.span_wait:
+            message = (
+                f"the recording is on node {waiting_for}, which has not answered"
+                f" for {self.span_wait:g} s"
+            )
+            await self.store.set_job_status(
+                job_id, JOB_FAILED, self.reactor.seconds(), error_message=message
+            )
+            self.notify("clip_failed", stream_id=job.stream_id, job_id=job_id, error=message)
+        elif job.waiting_for != waiting_for:
+            await self.store.set_job_waiting(job_id, waiting_for)
+
+    async def _can_build(self, span: SpanTask) -> bool:
+        """This node recorded the span, or can read its segment files itself."""
+        if span.node is None or span.node == self.node or span.node in self._readable:
+            return True
+        job = await self.store.get_job(span.job_id)
+        segments = await self._segments(job, span)
+        if segments and all(os.path.exists(segment.path) for segment in segments):
+            log.info("node {node}'s segments are readable here: a shared data dir", node=span.node)
+            self._readable.add(span.node)
+            return True
+        return False
+
+    def _start_build(self, job: ClipJob) -> None:
+        self.running_jobs.add(job.id)
+        d = self.builds[job.id] = defer.ensureDeferred(self.build(job))
+        d.addErrback(self._crashed)
+        d.addBoth(self._finished, job.id)
 
     def paths_in_use(self) -> set[str]:
         """Segment files that jobs being built are reading."""
@@ -132,7 +220,7 @@ class ClipWorker(Service):
 
     def _crashed(self, failure: Failure) -> None:
         if not failure.check(defer.CancelledError):
-            log.failure("clip job crashed", failure)
+            log_failure(log, "clip job crashed", failure)
 
     def _finished(self, _: object, job_id: int) -> None:
         self.running_jobs.discard(job_id)
@@ -143,7 +231,9 @@ class ClipWorker(Service):
     async def _ready(self, job: ClipJob) -> bool:
         """Has the recording reached the job's end (or will it never)?"""
         if not self.is_recording(job.stream_id):
-            return True
+            stream = await self.store.get_stream(job.stream_id)
+            if stream is None or not stream.wanted:  # nor on another node
+                return True
         if self.reactor.seconds() > job.stop + self.late_grace:
             return True
         last = await self.store.last_segment_end(job.stream_id)
@@ -151,40 +241,62 @@ class ClipWorker(Service):
 
     # -- building ------------------------------------------------------------
     async def build(self, job: ClipJob) -> None:
+        """Plan a pending job (unless another worker does first), then build the
+        spans of it that this node can build, one after another."""
+        if job.status == JOB_PENDING:
+            segments = await self.store.segments_between(job.stream_id, job.start, job.stop)
+            spans = [
+                (span.segments[0].run_id, span.segments[0].node, span.start, span.stop)
+                for span in plan_spans(segments, job.start, job.stop)
+            ]
+            if await self.store.plan_job(job.id, spans, self.reactor.seconds()) and not spans:
+                self.notify("clip_done", stream_id=job.stream_id, job_id=job.id, clips=[])
+                return
+        for span in await self.store.open_spans(job.id):
+            if not await self._can_build(span):
+                continue
+            if not await self.store.claim_span(
+                job.id, span.seq, self.node or "", self.reactor.seconds()
+            ):
+                continue  # another node builds it
+            if not await self._build_span(job, span):
+                return
+
+    async def _segments(self, job: ClipJob, span: SpanTask) -> list[Segment]:
+        found = await self.store.segments_between(job.stream_id, span.start, span.stop)
+        return [segment for segment in found if segment.run_id == span.run_id]
+
+    async def _build_span(self, job: ClipJob, span: SpanTask) -> bool:
+        """Build one span's clip; False when the job failed."""
         now = self.reactor.seconds
-        if not await self.store.claim_job(job.id, now()):
-            return  # another worker (on another box) builds it
-        made: list[Clip] = []
         out_path: str | None = None
+        clip: Clip | None = None
         try:
             encoder = self.encoders.get(job.encoder)
             if encoder is None:
                 raise LookupError(f"clip encoder {job.encoder!r} is not loaded")
-            segments = await self.store.segments_between(job.stream_id, job.start, job.stop)
+            segments = await self._segments(job, span)
             self.reading[job.id] = {segment.path for segment in segments}
-            spans = plan_spans(segments, job.start, job.stop)
-            for seq, span in enumerate(spans):
-                key = secrets.token_urlsafe(18) + ".mp4"
-                out_path = os.path.join(self.scratch_dir, key)
-                done_before = seq / len(spans)
+            key = secrets.token_urlsafe(18) + ".mp4"
+            out_path = os.path.join(self.scratch_dir, key)
 
-                def progress(fraction: float, base: float = done_before) -> None:
-                    self._progress(job.id, base + fraction / len(spans))
+            def progress(fraction: float) -> None:
+                self._progress(job.id, (span.seq + fraction) / span.total)
 
-                result = await encoder.encode(
-                    EncodeRequest(
-                        pieces=[SegmentPiece(s.path, s.start) for s in span.segments],
-                        start=span.start,
-                        stop=span.stop,
-                        out_path=out_path,
-                        options=dict(job.options),
-                        progress=progress,
-                    )
+            result = await encoder.encode(
+                EncodeRequest(
+                    pieces=[SegmentPiece(s.path, s.start) for s in segments],
+                    start=span.start,
+                    stop=span.stop,
+                    out_path=out_path,
+                    options=dict(job.options),
+                    progress=progress,
                 )
-                link = await self.storage.store_clip(out_path, key)
-                out_path = None
-                made.append(Clip(seq, link, key, result.start, result.stop, result.size))
-            await self.store.finish_job(job.id, made, now())
+            )
+            link = await self.storage.store_clip(out_path, key)
+            out_path = None
+            clip = Clip(span.seq, link, key, result.start, result.stop, result.size)
+            last = await self.store.finish_span(job.id, span.seq, clip, now())
         except defer.CancelledError:
             if out_path is not None and os.path.exists(out_path):
                 os.remove(out_path)
@@ -194,20 +306,23 @@ class ClipWorker(Service):
             log.failure("clip job {job_id} failed", job_id=job.id)
             if out_path is not None and os.path.exists(out_path):
                 os.remove(out_path)
-            for clip in made:
+            if clip is not None:
                 try:
                     await self.storage.delete_clip(clip.storage_key)
                 except Exception:
                     log.failure("cannot delete clip {key}", key=clip.storage_key)
             await self.store.set_job_status(job.id, JOB_FAILED, now(), error_message=message)
             self.notify("clip_failed", stream_id=job.stream_id, job_id=job.id, error=message)
-            return
-        self.notify(
-            "clip_done",
-            stream_id=job.stream_id,
-            job_id=job.id,
-            clips=[clip_json(clip) for clip in made],
-        )
+            return False
+        if last:
+            done = await self.store.get_job(job.id)
+            self.notify(
+                "clip_done",
+                stream_id=job.stream_id,
+                job_id=job.id,
+                clips=[clip_json(made) for made in done.clips],
+            )
+        return True
 
     def _progress(self, job_id: int, fraction: float) -> None:
         d = defer.ensureDeferred(

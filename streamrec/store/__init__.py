@@ -24,6 +24,7 @@ from .records import (
     Clip,
     ClipJob,
     Segment,
+    SpanTask,
     Stream,
     Totals,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "Clip",
     "ClipJob",
     "Segment",
+    "SpanTask",
     "SqlStore",
     "Stream",
     "Totals",

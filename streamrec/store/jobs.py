@@ -8,11 +8,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from .records import JOB_DONE, JOB_EXPIRED, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob
+from .records import JOB_DONE, JOB_EXPIRED, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, SpanTask
 from .steps import Insert, Lock, Query, Steps, T
 
-#: Lock namespace (:class:`~.steps.Lock`) of find-or-create.
+#: Lock namespaces (:class:`~.steps.Lock`): find-or-create, finishing a span.
 _JOB_LOCK = 0x5EC1
+_SPAN_LOCK = 0x5EC2
 
 
 class JobQueries:
@@ -24,9 +25,12 @@ class JobQueries:
     def _operation(self, query: str, params: Sequence[Any] = ()) -> Deferred[None]:
         raise NotImplementedError
 
+    def _query(self, query: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        raise NotImplementedError
+
     _JOB_COLUMNS = (
         "id, stream_id, start_time, stop_time, stop_given, encoder, options, status,"
-        " error_message, progress, created_at"
+        " error_message, progress, created_at, planned_at, waiting_for"
     )
 
     @staticmethod
@@ -49,6 +53,8 @@ class JobQueries:
             progress=row[9],
             created_at=row[10],
             clips=tuple(Clip(*clip) for clip in clips),
+            planned_at=row[11],
+            waiting_for=row[12],
         )
 
     def _find_or_create_job(
@@ -146,17 +152,98 @@ class JobQueries:
             (status, error_message, now, progress, job_id),
         )
 
-    async def claim_job(self, job_id: int, now: float) -> bool:
-        """Move a pending job to processing; False if another worker has it."""
-        return bool(await self._transaction(self._claim_job(job_id, now)))
+    # -- spans: a planned job's pieces, each built by a node that can read it --
+    async def plan_job(
+        self, job_id: int, spans: Sequence[tuple[int, str | None, float, float]], now: float
+    ) -> bool:
+        """Cut a pending job into ``spans`` (run, node, start, stop) and move it to
+        processing; False if another worker planned it first. A job with no
+        span is done at once."""
+        return await self._transaction(self._plan_job(job_id, spans, now))
 
-    def _claim_job(self, job_id: int, now: float) -> Steps[bool]:
+    def _plan_job(
+        self, job_id: int, spans: Sequence[tuple[int, str | None, float, float]], now: float
+    ) -> Steps[bool]:
         rows = yield Query(
-            "UPDATE clip_jobs SET status = ?, progress = 0, updated_at = ?"
+            "UPDATE clip_jobs SET status = ?, progress = 0, planned_at = ?, updated_at = ?"
             " WHERE id = ? AND status = ? RETURNING id",
-            (JOB_PROCESSING, now, job_id, JOB_PENDING),
+            (JOB_DONE if not spans else JOB_PROCESSING, now, now, job_id, JOB_PENDING),
+        )
+        if not rows:
+            return False
+        for seq, (run_id, node, start, stop) in enumerate(spans):
+            yield Query(
+                "INSERT INTO clip_spans (job_id, seq, run_id, node, start_time, stop_time, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, seq, run_id, node, start, stop, JOB_PENDING),
+            )
+        return True
+
+    async def open_spans(self, job_id: int | None = None) -> list[SpanTask]:
+        """The spans not built yet of planned jobs (of one job, or of all)."""
+        query = (
+            "SELECT clip_spans.job_id, seq, run_id, node, clip_spans.start_time,"
+            " clip_spans.stop_time, clip_spans.status, builder, (SELECT COUNT(*)"
+            " FROM clip_spans AS every WHERE every.job_id = clip_spans.job_id), planned_at"
+            " FROM clip_spans JOIN clip_jobs ON clip_jobs.id = clip_spans.job_id"
+            " WHERE clip_jobs.status = ? AND clip_spans.status != ?"
+        )
+        params: list[Any] = [JOB_PROCESSING, JOB_DONE]
+        if job_id is not None:
+            query += " AND clip_spans.job_id = ?"
+            params.append(job_id)
+        rows = await self._query(query + " ORDER BY clip_spans.job_id, seq", params)
+        return [SpanTask(*row) for row in rows]
+
+    async def claim_span(self, job_id: int, seq: int, builder: str, now: float) -> bool:
+        """Take a span to build: one not taken, or taken by a node that is gone."""
+        rows = await self._query(
+            "UPDATE clip_spans SET status = ?, builder = ? WHERE job_id = ? AND seq = ?"
+            " AND (status = ? OR (status = ? AND builder NOT IN"
+            " (SELECT name FROM nodes WHERE expires_at > db_now()))) RETURNING seq",
+            (JOB_PROCESSING, builder, job_id, seq, JOB_PENDING, JOB_PROCESSING),
         )
         return bool(rows)
+
+    async def release_spans(self, builder: str) -> None:
+        """Spans this node was building when it stopped: to be built again."""
+        await self._query(
+            "UPDATE clip_spans SET status = ?, builder = NULL WHERE builder = ? AND status = ?"
+            " RETURNING seq",
+            (JOB_PENDING, builder, JOB_PROCESSING),
+        )
+
+    async def finish_span(self, job_id: int, seq: int, clip: Clip, now: float) -> bool:
+        """Record a built span's clip; True when it was the job's last (then done)."""
+        return await self._transaction(self._finish_span(job_id, seq, clip, now))
+
+    def _finish_span(self, job_id: int, seq: int, clip: Clip, now: float) -> Steps[bool]:
+        # Two nodes finishing a job's last spans at once: one sees the other's.
+        yield Lock(_SPAN_LOCK, job_id)
+        yield Query(
+            "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time,"
+            " bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job_id, clip.seq, clip.link, clip.storage_key, clip.start, clip.stop, clip.bytes),
+        )
+        yield Query(
+            "UPDATE clip_spans SET status = ? WHERE job_id = ? AND seq = ?",
+            (JOB_DONE, job_id, seq),
+        )
+        rows = yield Query(
+            "SELECT COUNT(*) FROM clip_spans WHERE job_id = ? AND status != ?", (job_id, JOB_DONE)
+        )
+        if int(rows[0][0]):
+            return False
+        yield Query(
+            "UPDATE clip_jobs SET status = ?, progress = 1, waiting_for = NULL, updated_at = ?"
+            " WHERE id = ? AND status = ?",
+            (JOB_DONE, now, job_id, JOB_PROCESSING),
+        )
+        return True
+
+    async def set_job_waiting(self, job_id: int, nodes: str | None) -> None:
+        """The nodes a job waits for (None: it waits for nobody)."""
+        await self._operation("UPDATE clip_jobs SET waiting_for = ? WHERE id = ?", (nodes, job_id))
 
     async def set_job_progress(self, job_id: int, progress: float, now: float) -> None:
         """Record how far a job being built has come (0..1)."""

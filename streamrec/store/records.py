@@ -32,6 +32,7 @@ class Segment:
     start: float
     end: float
     bytes: int
+    node: str | None = None  # the node that recorded it (its run's)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,24 @@ class ClipJob:
     progress: float
     created_at: float
     clips: tuple[Clip, ...] = field(default=())
+    planned_at: float | None = None  # when it was cut into spans
+    waiting_for: str | None = None  # nodes holding spans that none alive can build
+
+
+@dataclass(frozen=True)
+class SpanTask:
+    """One span of a planned job: built by a node that can read its segments."""
+
+    job_id: int
+    seq: int
+    run_id: int
+    node: str | None  # the node that recorded it
+    start: float
+    stop: float
+    status: str
+    builder: str | None
+    total: int  # spans in the job
+    planned_at: float
 
 
 @dataclass(frozen=True)

@@ -315,6 +315,7 @@ class SqlStore(JobQueries, LeaseQueries):
 
     def _expire_job(self, job_id: int, now: float) -> Steps[None]:
         yield Query("DELETE FROM clips WHERE job_id = ?", (job_id,))
+        yield Query("DELETE FROM clip_spans WHERE job_id = ?", (job_id,))
         yield Query(
             "UPDATE clip_jobs SET status = ?, updated_at = ? WHERE id = ?",
             (JOB_EXPIRED, now, job_id),
@@ -422,9 +423,10 @@ class SqlStore(JobQueries, LeaseQueries):
         whatever the length of the archive.
         """
         rows = await self._query(
-            "SELECT id, stream_id, run_id, path, start_time, end_time, bytes FROM segments"
-            " WHERE stream_id = ? AND end_time > ? AND end_time < ? AND start_time < ?"
-            " ORDER BY start_time, id",
+            "SELECT segments.id, segments.stream_id, run_id, path, segments.start_time,"
+            " end_time, bytes, runs.node FROM segments JOIN runs ON runs.id = segments.run_id"
+            " WHERE segments.stream_id = ? AND end_time > ? AND end_time < ?"
+            " AND segments.start_time < ? ORDER BY segments.start_time, segments.id",
             (stream_id, start, stop + LONGEST_SEGMENT, stop),
         )
         return [Segment(*row) for row in rows]

@@ -74,7 +74,7 @@ def run(fn: Any) -> Any:
 
 
 #: The version the schema files build.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: What schema 005 (several nodes) added to the older tables.
 CLUSTER_COLUMNS = [
@@ -84,6 +84,8 @@ CLUSTER_COLUMNS = [
     ("streams", "recorder_state"),
     ("runs", "node"),
     ("runs", "epoch"),
+    ("clip_jobs", "planned_at"),
+    ("clip_jobs", "waiting_for"),
 ]
 
 
@@ -332,6 +334,7 @@ class StoreTestsMixin:
         await self.store._operation("DELETE FROM schema_version WHERE version >= 3")
         await self.store._operation("ALTER TABLE streams DROP COLUMN source_audio")
         await self.store._operation("DROP TABLE nodes")
+        await self.store._operation("DROP TABLE clip_spans")
         for table, column in CLUSTER_COLUMNS:
             await self.store._operation(f"ALTER TABLE {table} DROP COLUMN {column}")
         self.assertEqual(await self.store.migrate(), SCHEMA_VERSION)
@@ -395,16 +398,39 @@ class StoreTestsMixin:
         self.assertNotIn(explicit.id, (job.id, with_stop.id))
 
     @run
-    async def test_one_worker_claims_a_job(self) -> None:
+    async def test_one_worker_plans_a_job_and_one_claims_each_span(self) -> None:
         stream, _ = await self.recording()
         job, _ = await self.job(stream, NOW, NOW + 4)
+        run = (await self.store.segments_between(stream, NOW, NOW + 4))[0].run_id
+        spans = [(run, "a", NOW, NOW + 2), (run, "b", NOW + 2, NOW + 4)]
+        plans = await defer.gatherResults(
+            [defer.ensureDeferred(self.store.plan_job(job.id, spans, NOW + 11)) for _ in range(4)]
+        )
+        self.assertEqual(sorted(plans), [False, False, False, True])
+        planned = await self.store.get_job(job.id)
+        self.assertEqual((planned.status, planned.planned_at), (JOB_PROCESSING, NOW + 11))
+        tasks = await self.store.open_spans()
+        self.assertEqual([(t.seq, t.node, t.total) for t in tasks], [(0, "a", 2), (1, "b", 2)])
+        await self.store.register_node("a", "http://a", None, 60)
         claims = await defer.gatherResults(
-            [defer.ensureDeferred(self.store.claim_job(job.id, NOW + 11)) for _ in range(4)]
+            [defer.ensureDeferred(self.store.claim_span(job.id, 0, "a", NOW)) for _ in range(4)]
         )
         self.assertEqual(sorted(claims), [False, False, False, True])
-        claimed = await self.store.get_job(job.id)
-        self.assertEqual((claimed.status, claimed.progress), (JOB_PROCESSING, 0.0))
-        self.assertFalse(await self.store.claim_job(job.id, NOW + 12))
+        self.assertTrue(await self.store.claim_span(job.id, 1, "gone", NOW))
+        self.assertTrue(
+            await self.store.claim_span(job.id, 1, "a", NOW), "a builder that is gone loses it"
+        )
+        first = Clip(0, "http://a/x.mp4", "x.mp4", NOW, NOW + 2, 10)
+        self.assertFalse(await self.store.finish_span(job.id, 0, first, NOW + 12))
+        self.assertEqual([t.seq for t in await self.store.open_spans(job.id)], [1])
+        await self.store.release_spans("a")
+        [left] = await self.store.open_spans(job.id)
+        self.assertEqual((left.status, left.builder), (JOB_PENDING, None))
+        second = Clip(1, "http://b/y.mp4", "y.mp4", NOW + 2, NOW + 4, 10)
+        self.assertTrue(await self.store.finish_span(job.id, 1, second, NOW + 13))
+        done = await self.store.get_job(job.id)
+        self.assertEqual((done.status, done.clips), (JOB_DONE, (first, second)))
+        self.assertEqual(await self.store.open_spans(), [])
 
     @run
     async def test_job_lifecycle(self) -> None:
