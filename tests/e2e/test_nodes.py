@@ -19,12 +19,15 @@ from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from ..store.test_store import DATABASE, NO_DATABASE, fresh_postgres_url, run
-from ..support.harness import sleep, until
+from ..support.harness import decode, sleep, until
 from ..support.livesource import UdpTsSource
 from ..support.service_process import ServiceProcess, kill_processes_under, processes_under
 
 #: Short leases, so that a failover fits in a test (the default is 15 s).
 LEASE = 4.0
+
+#: How long a clip job waits for a node that is gone (--clip-wait).
+CLIP_WAIT = 15.0
 
 #: The nodes' --segment-seconds (the default).
 SEGMENT_SECONDS = 2.0
@@ -54,7 +57,7 @@ class Nodes:
     nodes: list[ServiceProcess]
 
     async def start_node(
-        self, name: str, data_dir: str | None = None, database: str | None = None
+        self, name: str, data_dir: str | None = None, database: str | None = None, **options: Any
     ) -> ServiceProcess:
         testcase: Any = self
         node = ServiceProcess(
@@ -63,6 +66,8 @@ class Nodes:
             database=database or self.url,
             node=name,
             lease_seconds=LEASE,
+            clip_wait=CLIP_WAIT,
+            **options,
         )
         node.name = name  # type: ignore[attr-defined]
         testcase.addCleanup(kill_processes_under, node.data_dir)
@@ -193,6 +198,88 @@ class NodesTests(Nodes, unittest.TestCase):
             )
             self.assertLess(first - last, LEASE + 15)
         self.assertLess(moved, 240)
+
+    @run
+    async def test_a_clip_across_a_failover_waits_for_the_dead_node_and_plays(self):
+        [stream_id] = await self.started(1)  # through node0, which records it
+        await until(lambda: self.recording_on(stream_id, ["node0"]), 30, "recording on node0")
+        await sleep(5)
+        victim = self.nodes[0]
+        killed = time.time()
+        await victim.kill(signal.SIGKILL)
+        # Its disk is with it: the nodes on this one machine could read its
+        # files (and would take it for a shared data dir) unless they are away.
+        away = victim.data_dir + ".away"
+        os.rename(victim.data_dir, away)
+        owner = await until(lambda: self.recording_on_alive(stream_id), LEASE + 30, "taken over")
+        await until(lambda: self._recorded_after(stream_id, killed + 4), 30, "a segment after")
+        last, first = await threads.deferToThread(handover, self.url, stream_id, "node0")
+        asked = {"start": last - 3, "stop": first + 3}
+        waiting = await self.nodes[2].ok("GET", f"/streams/{stream_id}/get_clip", **asked)
+        await until(
+            lambda: self._waits_for(stream_id, asked, "node0"), 30, "the job waits for node0"
+        )
+        self.assertIn(waiting["status"], ("pending", "processing"))
+        os.rename(away, victim.data_dir)
+        await victim.start()  # node0 comes back, with its disk
+        job = await self.nodes[2].clip(stream_id, timeout=60, **asked)
+        self.assertEqual(job["status"], "done")
+        before, after = job["clips"]
+        # Absolute links to the node that built each clip (on this one machine,
+        # whichever node got to it first once node0's disk was back).
+        bases = {node.base + "/clips/" for node in self.nodes}
+        for clip in (before, after):
+            self.assertIn(clip["link"].rsplit("/", 1)[0] + "/", bases)
+        self.assertLess(abs(before["start"] - asked["start"]), 0.1)
+        self.assertLess(abs(after["stop"] - asked["stop"]), 0.1)
+        shown = []
+        for clip in (before, after):
+            path = await self.nodes[1].download(clip["link"], os.path.abspath(self.mktemp()))
+            numbers = decode(path)["numbers"]
+            self.assertGreater(len(numbers), 50, f"{clip} shows frames")
+            shown.append(numbers)
+        self.assertLess(shown[0][-1], shown[1][0], "node0's frames, then the new owner's")
+        print(
+            f"\n  clip across the failover (new owner {owner}): frames {shown[0][0]}..{shown[0][-1]}"
+            f" from node0, {shown[1][0]}..{shown[1][-1]} after"
+        )
+
+    @run
+    async def test_a_clip_job_waiting_for_a_dead_node_fails_at_its_deadline(self):
+        [stream_id] = await self.started(1)
+        await until(lambda: self.recording_on(stream_id, ["node0"]), 30, "recording on node0")
+        first = await until(lambda: self._first_recorded(stream_id), 30, "a first segment")
+        await sleep(4)
+        victim = self.nodes[0]
+        await victim.kill(signal.SIGKILL)
+        os.rename(victim.data_dir, victim.data_dir + ".away")  # its disk is with it
+        await until(lambda: self.recording_on_alive(stream_id), LEASE + 30, "taken over")
+        asked = {"start": first + 0.5, "stop": first + 2.5}  # only node0 has it
+        await until(lambda: self._waits_for(stream_id, asked, "node0"), 30, "waiting for node0")
+        waited = time.time()
+
+        async def failed() -> Any:
+            job = await self.nodes[1].ok("GET", f"/streams/{stream_id}/get_clip", **asked)
+            return job if job["status"] == "failed" else None
+
+        job = await until(failed, CLIP_WAIT + 30, "the job fails at its deadline")
+        self.assertEqual(
+            job["error_message"],
+            f"the recording is on node node0, which has not answered for {CLIP_WAIT:g} s",
+        )
+        self.assertNotIn("waiting_for", job)
+        self.assertLess(time.time() - waited, CLIP_WAIT + 30)
+
+    async def _first_recorded(self, stream_id: int) -> Any:
+        return (await self.nodes[1].status(stream_id))["recorded"]["first"]
+
+    async def recording_on_alive(self, stream_id: int) -> str | None:
+        names = [n.name for n in self.nodes if n.running()]  # type: ignore[attr-defined]
+        return await self.recording_on(stream_id, names)
+
+    async def _waits_for(self, stream_id: int, asked: dict[str, float], node: str) -> bool:
+        job = await self.nodes[1].ok("GET", f"/streams/{stream_id}/get_clip", **asked)
+        return job.get("waiting_for") == node
 
     @run
     async def test_a_node_stopping_hands_its_streams_over(self):
