@@ -296,7 +296,11 @@ class ClipWorker(Service):
             link = await self.storage.store_clip(out_path, key)
             out_path = None
             clip = Clip(span.seq, link, key, result.start, result.stop, result.size)
-            last = await self.store.finish_span(job.id, span.seq, clip, now())
+            last = await self.store.finish_span(job.id, span.seq, self.node or "", clip, now())
+            if last is None:
+                # Another node took the span over (this one seemed gone): its clip counts.
+                await self.storage.delete_clip(key)
+                return True
         except defer.CancelledError:
             if out_path is not None and os.path.exists(out_path):
                 os.remove(out_path)

@@ -213,21 +213,30 @@ class JobQueries:
             (JOB_PENDING, builder, JOB_PROCESSING),
         )
 
-    async def finish_span(self, job_id: int, seq: int, clip: Clip, now: float) -> bool:
-        """Record a built span's clip; True when it was the job's last (then done)."""
-        return await self._transaction(self._finish_span(job_id, seq, clip, now))
+    async def finish_span(
+        self, job_id: int, seq: int, builder: str, clip: Clip, now: float
+    ) -> bool | None:
+        """Record a built span's clip: True when it was the job's last (the job is
+        done), False when others remain, None when ``builder`` no longer holds
+        the span (another node took it over): its clip is not recorded."""
+        return await self._transaction(self._finish_span(job_id, seq, builder, clip, now))
 
-    def _finish_span(self, job_id: int, seq: int, clip: Clip, now: float) -> Steps[bool]:
+    def _finish_span(
+        self, job_id: int, seq: int, builder: str, clip: Clip, now: float
+    ) -> Steps[bool | None]:
         # Two nodes finishing a job's last spans at once: one sees the other's.
         yield Lock(_SPAN_LOCK, job_id)
+        held = yield Query(
+            "UPDATE clip_spans SET status = ? WHERE job_id = ? AND seq = ? AND builder = ?"
+            " AND status = ? RETURNING seq",
+            (JOB_DONE, job_id, seq, builder, JOB_PROCESSING),
+        )
+        if not held:
+            return None
         yield Query(
             "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time,"
             " bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (job_id, clip.seq, clip.link, clip.storage_key, clip.start, clip.stop, clip.bytes),
-        )
-        yield Query(
-            "UPDATE clip_spans SET status = ? WHERE job_id = ? AND seq = ?",
-            (JOB_DONE, job_id, seq),
         )
         rows = yield Query(
             "SELECT COUNT(*) FROM clip_spans WHERE job_id = ? AND status != ?", (job_id, JOB_DONE)

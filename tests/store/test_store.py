@@ -421,13 +421,18 @@ class StoreTestsMixin:
             await self.store.claim_span(job.id, 1, "a", NOW), "a builder that is gone loses it"
         )
         first = Clip(0, "http://a/x.mp4", "x.mp4", NOW, NOW + 2, 10)
-        self.assertFalse(await self.store.finish_span(job.id, 0, first, NOW + 12))
+        self.assertFalse(await self.store.finish_span(job.id, 0, "a", first, NOW + 12))
         self.assertEqual([t.seq for t in await self.store.open_spans(job.id)], [1])
         await self.store.release_spans("a")
         [left] = await self.store.open_spans(job.id)
         self.assertEqual((left.status, left.builder), (JOB_PENDING, None))
         second = Clip(1, "http://b/y.mp4", "y.mp4", NOW + 2, NOW + 4, 10)
-        self.assertTrue(await self.store.finish_span(job.id, 1, second, NOW + 13))
+        self.assertTrue(await self.store.claim_span(job.id, 1, "b", NOW))
+        self.assertIsNone(
+            await self.store.finish_span(job.id, 1, "a", second, NOW + 13),
+            "a lost the span to b: its clip is not recorded",
+        )
+        self.assertTrue(await self.store.finish_span(job.id, 1, "b", second, NOW + 13))
         done = await self.store.get_job(job.id)
         self.assertEqual((done.status, done.clips), (JOB_DONE, (first, second)))
         self.assertEqual(await self.store.open_spans(), [])
