@@ -102,7 +102,8 @@ class Node(Service):
         self._tick_call: IDelayedCall | None = None
         self._ticking: defer.Deferred[None] | None = None
         self._again = False
-        self._left_unclaimed = False
+        # Since when wanted streams have been left unclaimed (None: none are).
+        self._unclaimed_since: float | None = None
         self._stopping = False
         # The last round could not reach the database. Once it answers again, this
         # node only renews for a lease's length (until ``_claims_from``), so that
@@ -266,17 +267,21 @@ class Node(Service):
 
     async def _room(self) -> int:
         """How many streams to take this round: up to this node's fair share of
-        the live nodes, or up to its capacity when others left streams unclaimed."""
+        the live nodes, or up to its capacity when streams stayed unclaimed for a
+        whole renewal interval (the others had their round, and left them)."""
         free = await self.store.unowned_wanted()
+        now = self.reactor.seconds()
         if free == 0:
-            self._left_unclaimed = False
+            self._unclaimed_since = None
             return 0
+        if self._unclaimed_since is None:
+            self._unclaimed_since = now
+        left = now - self._unclaimed_since >= self.renew_every
         capacity = math.inf if self.max_streams is None else self.max_streams - len(self.held)
         nodes = await self.store.live_nodes()
         wanted = free + sum(node.holds for node in nodes)
         share = math.ceil(wanted / max(1, len(nodes))) - len(self.held)
-        take = capacity if self._left_unclaimed else min(capacity, share)
-        self._left_unclaimed = True
+        take = capacity if left else min(capacity, share)
         return int(min(take, free))
 
     async def _follow(self, held: dict[int, Lease], overlap: bool = True) -> None:

@@ -103,7 +103,11 @@ class NodeTests(unittest.TestCase):
         a = (await self.boxes("a", max_streams=2))[0]
         self.assertEqual(len(a.recording()), 2)
         [b] = await self.boxes("b")
-        await b.node.tick()  # the next round: nobody else has room
+        self.clock.advance(b.node.renew_every)  # a whole interval: nobody else took them
+        for box in (a, b):
+            while box.node._ticking is not None:  # the rounds the clock just ran
+                await box.node._ticking
+        await b.node.tick()
         await b.settle()
         self.assertEqual(sorted(a.recording() + b.recording()), streams)
         self.assertFalse(a.node.has_room())
