@@ -194,6 +194,9 @@ class PostgresDriver:
     async def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return await self._pool.runQuery(pyformat(sql, params), params or None)
 
+    def read(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        return self.query(sql, params)  # the pool's connections do not queue behind each other
+
     def operation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
         return Deferred.fromCoroutine(self._use(self._operation, sql, tuple(params)))
 

@@ -1,7 +1,11 @@
 """The embedded adapter: SQLite through ``twisted.enterprise.adbapi``.
 
-One connection in one worker thread, so transactions never overlap and
-:class:`~streamrec.store.steps.Lock` has nothing to do.
+One connection in one worker thread writes, so transactions never overlap
+and :class:`~streamrec.store.steps.Lock` has nothing to do. A second
+connection, in a thread of its own, answers :meth:`SqliteDriver.read`: in
+WAL mode it reads the last committed state while a write is in flight, so
+the API's status and list do not wait behind the segment inserts of a
+hundred cameras (each statement of which waits for the GIL).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ def _execute(txn: Any, step: Step) -> Any:
 class SqliteDriver:
     dialect = "sqlite"
 
-    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+    def __init__(self, pool: adbapi.ConnectionPool, reads: adbapi.ConnectionPool) -> None:
         self._pool = pool
+        self._reads = reads
 
     def connect(self) -> Deferred[None]:
         return succeed(None)  # adbapi connects in its thread on first use
@@ -58,6 +63,9 @@ class SqliteDriver:
     def operation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
         return self._pool.runOperation(sql, tuple(params))
 
+    def read(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        return self._reads.runQuery(sql, tuple(params))
+
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         """Nothing to hear: one process uses a SQLite file."""
 
@@ -66,6 +74,7 @@ class SqliteDriver:
 
     def close(self) -> Deferred[None]:
         self._pool.close()  # waits for the interaction in flight, in its thread
+        self._reads.close()
         return succeed(None)
 
 
@@ -78,14 +87,17 @@ def _connected(connection: Any) -> None:
 
 
 def sqlite_driver(path: str) -> SqliteDriver:
-    """A driver for a SQLite file, used from one worker thread."""
-    pool = adbapi.ConnectionPool(
-        "sqlite3",
-        path,
-        check_same_thread=False,
-        cp_min=1,
-        cp_max=1,
-        cp_openfun=_connected,
-        timeout=30,
-    )
-    return SqliteDriver(pool)
+    """A driver for a SQLite file: one thread writes, another reads."""
+
+    def one_thread() -> adbapi.ConnectionPool:
+        return adbapi.ConnectionPool(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_connected,
+            timeout=30,
+        )
+
+    return SqliteDriver(one_thread(), one_thread())

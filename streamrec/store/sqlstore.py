@@ -71,6 +71,11 @@ class SqlStore(JobQueries, LeaseQueries):
     def _operation(self, query: str, params: Sequence[Any] = ()) -> Deferred[None]:
         return self._driver.operation(query, tuple(params))
 
+    def _read(self, query: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        """What the API asks all the time (status, the list): not behind the
+        segment inserts of a hundred cameras closing their segments at once."""
+        return self._driver.read(query, tuple(params))
+
     async def connect(self) -> None:
         """Open the database connections (done by the first call otherwise)."""
         await self._driver.connect()
@@ -181,11 +186,11 @@ class SqlStore(JobQueries, LeaseQueries):
 
     async def streams_with_totals(self) -> list[tuple[Stream, Totals]]:
         """Every stream and what it has recorded, in one query, ordered by id."""
-        rows = await self._query(self._WITH_TOTALS + " ORDER BY streams.id")
+        rows = await self._read(self._WITH_TOTALS + " ORDER BY streams.id")
         return [self._with_totals(row) for row in rows]
 
     async def stream_with_totals(self, stream_id: int) -> tuple[Stream, Totals] | None:
-        rows = await self._query(self._WITH_TOTALS + " WHERE streams.id = ?", (stream_id,))
+        rows = await self._read(self._WITH_TOTALS + " WHERE streams.id = ?", (stream_id,))
         return self._with_totals(rows[0]) if rows else None
 
     async def mark_started(self, stream_id: int, now: float) -> None:

@@ -79,6 +79,9 @@ class Driver(Protocol):
     def operation(self, sql: str, params: Sequence[Any] = ()) -> Deferred[None]:
         """One statement on its own, for its effect."""
 
+    def read(self, sql: str, params: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
+        """A read-only statement that need not wait behind writes in flight; its rows."""
+
     async def listen(self, channel: str, callback: Any) -> None:
         """Call ``callback(payload)`` for each notification on ``channel`` from any
         connection to the database (nothing, where only one process uses it)."""

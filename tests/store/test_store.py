@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -517,6 +518,28 @@ class SqliteStoreTests(StoreTestsMixin, unittest.TestCase):
         store = open_store("sqlite:", directory)
         self.assertEqual(store.dialect, "sqlite")
         return store
+
+    @run
+    async def test_status_reads_do_not_wait_behind_a_write(self) -> None:
+        stream, _ = await self.recording()
+        write_may_end = threading.Event()
+
+        def slow_write() -> Steps[None]:
+            yield Query("UPDATE streams SET description = ? WHERE id = ?", ("busy", stream))
+            write_may_end.wait(30)  # in the writing thread, holding the transaction open
+
+        writing = defer.ensureDeferred(self.store._transaction(slow_write()))
+        found = await self.store.stream_with_totals(stream)
+        self.assertFalse(write_may_end.is_set(), "read while the write was in flight")
+        self.assertFalse(writing.called)
+        assert found is not None
+        self.assertEqual(found[0].description, "door", "the last committed state")
+        self.assertEqual(found[1].segments, 3)
+        write_may_end.set()
+        await writing
+        after = await self.store.stream_with_totals(stream)
+        assert after is not None
+        self.assertEqual(after[0].description, "busy")
 
 
 class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
