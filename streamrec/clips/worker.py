@@ -200,8 +200,7 @@ class ClipWorker(Service):
         """This node recorded the span, or can read its segment files itself."""
         if span.node is None or span.node == self.node or span.node in self._readable:
             return True
-        job = await self.store.get_job(span.job_id)
-        segments = await self._segments(job, span)
+        segments = await self._segments(span)
         if segments and all(os.path.exists(segment.path) for segment in segments):
             log.info("node {node}'s segments are readable here: a shared data dir", node=span.node)
             self._readable.add(span.node)
@@ -255,15 +254,13 @@ class ClipWorker(Service):
         for span in await self.store.open_spans(job.id):
             if not await self._can_build(span):
                 continue
-            if not await self.store.claim_span(
-                job.id, span.seq, self.node or "", self.reactor.seconds()
-            ):
+            if not await self.store.claim_span(job.id, span.seq, self.node or ""):
                 continue  # another node builds it
             if not await self._build_span(job, span):
                 return
 
-    async def _segments(self, job: ClipJob, span: SpanTask) -> list[Segment]:
-        found = await self.store.segments_between(job.stream_id, span.start, span.stop)
+    async def _segments(self, span: SpanTask) -> list[Segment]:
+        found = await self.store.segments_between(span.stream_id, span.start, span.stop)
         return [segment for segment in found if segment.run_id == span.run_id]
 
     async def _build_span(self, job: ClipJob, span: SpanTask) -> bool:
@@ -275,7 +272,7 @@ class ClipWorker(Service):
             encoder = self.encoders.get(job.encoder)
             if encoder is None:
                 raise LookupError(f"clip encoder {job.encoder!r} is not loaded")
-            segments = await self._segments(job, span)
+            segments = await self._segments(span)
             self.reading[job.id] = {segment.path for segment in segments}
             key = secrets.token_urlsafe(18) + ".mp4"
             out_path = os.path.join(self.scratch_dir, key)

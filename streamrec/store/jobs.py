@@ -182,9 +182,10 @@ class JobQueries:
     async def open_spans(self, job_id: int | None = None) -> list[SpanTask]:
         """The spans not built yet of planned jobs (of one job, or of all)."""
         query = (
-            "SELECT clip_spans.job_id, seq, run_id, node, clip_spans.start_time,"
-            " clip_spans.stop_time, clip_spans.status, builder, (SELECT COUNT(*)"
-            " FROM clip_spans AS every WHERE every.job_id = clip_spans.job_id), planned_at"
+            "SELECT clip_spans.job_id, clip_jobs.stream_id, seq, run_id, node,"
+            " clip_spans.start_time, clip_spans.stop_time, clip_spans.status, builder,"
+            " (SELECT COUNT(*) FROM clip_spans AS every WHERE every.job_id = clip_spans.job_id),"
+            " planned_at"
             " FROM clip_spans JOIN clip_jobs ON clip_jobs.id = clip_spans.job_id"
             " WHERE clip_jobs.status = ? AND clip_spans.status != ?"
         )
@@ -195,7 +196,7 @@ class JobQueries:
         rows = await self._query(query + " ORDER BY clip_spans.job_id, seq", params)
         return [SpanTask(*row) for row in rows]
 
-    async def claim_span(self, job_id: int, seq: int, builder: str, now: float) -> bool:
+    async def claim_span(self, job_id: int, seq: int, builder: str) -> bool:
         """Take a span to build: one not taken, or taken by a node that is gone."""
         rows = await self._query(
             "UPDATE clip_spans SET status = ?, builder = ? WHERE job_id = ? AND seq = ?"

@@ -68,6 +68,7 @@ class SpanTask:
     """One span of a planned job: built by a node that can read its segments."""
 
     job_id: int
+    stream_id: int
     seq: int
     run_id: int
     node: str | None  # the node that recorded it

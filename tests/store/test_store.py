@@ -414,12 +414,12 @@ class StoreTestsMixin:
         self.assertEqual([(t.seq, t.node, t.total) for t in tasks], [(0, "a", 2), (1, "b", 2)])
         await self.store.register_node("a", "http://a", None, 60)
         claims = await defer.gatherResults(
-            [defer.ensureDeferred(self.store.claim_span(job.id, 0, "a", NOW)) for _ in range(4)]
+            [defer.ensureDeferred(self.store.claim_span(job.id, 0, "a")) for _ in range(4)]
         )
         self.assertEqual(sorted(claims), [False, False, False, True])
-        self.assertTrue(await self.store.claim_span(job.id, 1, "gone", NOW))
+        self.assertTrue(await self.store.claim_span(job.id, 1, "gone"))
         self.assertTrue(
-            await self.store.claim_span(job.id, 1, "a", NOW), "a builder that is gone loses it"
+            await self.store.claim_span(job.id, 1, "a"), "a builder that is gone loses it"
         )
         first = Clip(0, "http://a/x.mp4", "x.mp4", NOW, NOW + 2, 10)
         self.assertFalse(await self.store.finish_span(job.id, 0, "a", first, NOW + 12))
@@ -428,7 +428,7 @@ class StoreTestsMixin:
         [left] = await self.store.open_spans(job.id)
         self.assertEqual((left.status, left.builder), (JOB_PENDING, None))
         second = Clip(1, "http://b/y.mp4", "y.mp4", NOW + 2, NOW + 4, 10)
-        self.assertTrue(await self.store.claim_span(job.id, 1, "b", NOW))
+        self.assertTrue(await self.store.claim_span(job.id, 1, "b"))
         self.assertIsNone(
             await self.store.finish_span(job.id, 1, "a", second, NOW + 13),
             "a lost the span to b: its clip is not recorded",
