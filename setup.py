@@ -31,7 +31,7 @@ setup(
         "postgresql": [],
         "test": ["numpy", "ruff", "mypy", "mypy-zope"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["streamrec-token = streamrec.auth:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from klein import Klein
 from twisted.logger import Logger
@@ -11,6 +13,15 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import ErrorPage, IResource
 from werkzeug.exceptions import HTTPException
 
+from .auth import (
+    OPERATOR,
+    VIEWER,
+    Access,
+    Forbidden,
+    MethodNotAllowed,
+    Role,
+    Unauthenticated,
+)
 from .core import Streams
 from .errors import (
     AlreadyStarted,
@@ -24,6 +35,7 @@ from .errors import (
     StreamNotFound,
     StreamrecError,
 )
+from .sources import mask_secrets
 
 log = Logger(namespace="streamrec.api")
 
@@ -53,6 +65,9 @@ ERRORS: dict[type[StreamrecError], tuple[int, str]] = {
     DatabaseUnavailable: (503, "Database unavailable"),
     InvalidSource: (400, "Invalid URL: {error}"),
     BadRequest: (400, "{error}"),
+    Unauthenticated: (401, "{error}"),
+    Forbidden: (403, "{error}"),
+    MethodNotAllowed: (405, "{error}"),
 }
 
 
@@ -60,8 +75,8 @@ def answer_for(error: StreamrecError) -> ApiError:
     """The answer to a domain error; its ``reason``, when it has one, goes along."""
     kind = next(k for k in type(error).__mro__ if k in ERRORS or k is StreamrecError)
     status, message = ERRORS.get(kind, (500, "Internal error"))
-    extra = {"reason": error.reason} if error.reason is not None else {}
-    return ApiError(status, message.format(error=error), **extra)
+    extra = {"reason": mask_secrets(error.reason)} if error.reason is not None else {}
+    return ApiError(status, mask_secrets(message.format(error=error)), **extra)
 
 
 def json_response(request: IRequest, body: Any, status: int = 200) -> bytes:
@@ -123,6 +138,33 @@ def parse_id(stream_id: str) -> int:
 
 CLIP_PARAMS = ("start", "stop", "encoder")
 
+#: The request headers the access check reads.
+ACCESS_HEADERS = (b"authorization", b"sec-fetch-site", b"origin", b"host")
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def needs(role: Role, changes_state: bool = False) -> Callable[[Handler], Handler]:
+    """A route's access rule: the caller needs ``role``; a route that changes
+    state refuses ``HEAD`` and requests a browser makes for another site."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def checked(api: StreamrecAPI, request: IRequest, *args: Any, **kwargs: Any) -> Any:
+            if changes_state and request.method == b"HEAD":
+                request.setHeader(b"Allow", b"GET, POST")
+                raise MethodNotAllowed("HEAD does not change state: use GET or POST")
+            headers = {name: request.getHeader(name) for name in ACCESS_HEADERS}
+            api.access.check(
+                {k: v for k, v in headers.items() if v is not None}, role, changes_state
+            )
+            return handler(api, request, *args, **kwargs)
+
+        checked.role = role  # type: ignore[attr-defined]
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
 
 class StreamrecAPI:
     """The seed's API over a :class:`Streams` domain object."""
@@ -130,8 +172,13 @@ class StreamrecAPI:
     app = Klein()
 
     def __init__(
-        self, streams: Streams, clip_files: IResource | None, plugins: dict[str, Any]
+        self,
+        streams: Streams,
+        clip_files: IResource | None,
+        plugins: dict[str, Any],
+        access: Access | None = None,
     ) -> None:
+        self.access = access or Access()
         self.streams = streams
         self.clip_files = clip_files
         self.plugin_info = plugins
@@ -144,6 +191,8 @@ class StreamrecAPI:
         error = failure.value
         if isinstance(error, StreamrecError):
             error = answer_for(error)
+        if error.status == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="streamrec"')
         return json_response(request, {"error_message": error.message, **error.extra}, error.status)
 
     @app.handle_errors(HTTPException)
@@ -158,10 +207,12 @@ class StreamrecAPI:
 
     @app.route("/streams", methods=["GET"])
     @app.route("/streams/", methods=["GET"])
+    @needs(VIEWER)
     async def list_streams(self, request: IRequest) -> bytes:
         return json_response(request, {"result": await self.streams.list()})
 
     @app.route("/streams/create", methods=["GET", "POST"])
+    @needs(OPERATOR, changes_state=True)
     async def create(self, request: IRequest) -> bytes:
         params = read_params(request)
         url = params.get("url", "").strip()
@@ -172,20 +223,24 @@ class StreamrecAPI:
         return json_response(request, {"stream_id": stream_id})
 
     @app.route("/streams/<stream_id>/start", methods=["GET", "POST"])
+    @needs(OPERATOR, changes_state=True)
     async def start(self, request: IRequest, stream_id: str) -> bytes:
         await self.streams.start(parse_id(stream_id))
         return json_response(request, {"result": "ok"})
 
     @app.route("/streams/<stream_id>/stop", methods=["GET", "POST"])
+    @needs(OPERATOR, changes_state=True)
     async def stop(self, request: IRequest, stream_id: str) -> bytes:
         await self.streams.stop(parse_id(stream_id))
         return json_response(request, {"result": "ok"})
 
     @app.route("/streams/<stream_id>/status", methods=["GET"])
+    @needs(VIEWER)
     async def status(self, request: IRequest, stream_id: str) -> bytes:
         return json_response(request, await self.streams.status(parse_id(stream_id)))
 
     @app.route("/streams/<stream_id>/get_clip", methods=["GET", "POST"])
+    @needs(VIEWER, changes_state=True)
     async def get_clip(self, request: IRequest, stream_id: str) -> bytes:
         params = read_params(request)
         sid = parse_id(stream_id)
@@ -197,6 +252,7 @@ class StreamrecAPI:
         return json_response(request, job)
 
     @app.route("/plugins", methods=["GET"])
+    @needs(VIEWER)
     def plugins(self, request: IRequest) -> bytes:
         return json_response(request, self.plugin_info)
 

@@ -34,6 +34,8 @@ class Config:
     lease_seconds: float = 15.0
     # How long a clip job waits for a node that holds part of its recording.
     clip_wait: float = 600.0
+    # The API's callers and their roles (streamrec.auth); empty: the API is open.
+    tokens: str = ""
     # Settings of plugins by name: the [NAME] sections of the --config file.
     plugin_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 

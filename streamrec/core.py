@@ -27,7 +27,7 @@ from .errors import (
 from .plugins import ClipEncoder, StorageBackend
 from .recorder.fleet import Recorders
 from .recorder.supervisor import DISK_FULL, RECONNECTING, RECORDING, STARTING, Recorder
-from .sources import validate_source_url
+from .sources import mask_secrets, validate_source_url
 from .store import Clip, SqlStore, Stream
 from .views import job_json, stream_json
 
@@ -70,6 +70,7 @@ class RecorderEvents:
         )
 
     def state_changed(self, stream_id: int, state: str, error: str | None) -> None:
+        error = None if error is None else mask_secrets(error)
         d = defer.ensureDeferred(self.store.set_recorder_state(stream_id, self.node, state, error))
         d.addErrback(lambda f: log_failure(log, "cannot record the recorder's state", f))
         self.notify("stream_state_changed", stream_id=stream_id, state=state, error=error)
@@ -190,7 +191,7 @@ class Streams:
             await self._start_here(stream, requested)
         else:
             await self._start_elsewhere(stream, requested)
-        self.notify("stream_started", stream_id=stream_id, url=stream.url)
+        self.notify("stream_started", stream_id=stream_id, url=mask_secrets(stream.url))
 
     async def _start_here(self, stream: Stream, requested: float) -> None:
         node = self.node

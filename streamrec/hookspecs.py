@@ -42,7 +42,8 @@ def register_clip_encoders(register: Callable[[str, Callable[..., Any]], None]) 
 
 @hookspec
 def stream_started(stream_id: int, url: str) -> None:
-    """A stream was switched on through the API (or resumed after a restart)."""
+    """A stream was switched on through the API (or resumed after a restart);
+    ``url`` has its credentials masked."""
 
 
 @hookspec

@@ -116,6 +116,12 @@ class StreamrecService(MultiService):
         self.node.setServiceParent(self)
         if self.running:
             await self.node.join()  # takes the streams this node is to record
+        if self.api.access.open:
+            log.warn(
+                "the API is open: anyone who reaches {listen} may start and stop"
+                " recordings and read every stream (give --tokens FILE to require tokens)",
+                listen=self.listen,
+            )
         log.info(
             "streamrec listening on {listen}, links under {url}, data in {data}",
             listen=self.listen,

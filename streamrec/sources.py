@@ -7,6 +7,7 @@ is also run with a protocol whitelist (see :data:`PROTOCOL_WHITELIST`).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from .errors import InvalidSource
@@ -22,7 +23,26 @@ PROTOCOL_WHITELIST = ",".join(
 
 MAX_URL_LENGTH = 2048
 
-__all__ = ["InvalidSource", "input_options", "validate_source_url"]
+__all__ = ["InvalidSource", "input_options", "mask_secrets", "validate_source_url"]
+
+MASK = "***"
+
+# ``scheme://user:password@`` anywhere in a text: the password is a secret.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:?#]*:)[^\s/?#]*@")
+# ``?passphrase=...`` and its kin in a URL's query.
+_SECRET_PARAMETER = re.compile(
+    r"(?i)([?&;](?:[a-z_]*pass(?:word|phrase|wd)?|pwd|token|secret|key|auth|"
+    r"srtp_in_params|srtp_out_params|cryptokey)=)[^&\s#]*"
+)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every credential of a source URL in it replaced by ``***``:
+    ``rtsp://admin:***@host/...``, ``srt://host:9000?passphrase=***``. Applied
+    to URLs in answers and to any text (an error, a log line) that may quote one."""
+    if "://" not in text and "=" not in text:
+        return text
+    return _SECRET_PARAMETER.sub(rf"\g<1>{MASK}", _USERINFO.sub(rf"\g<1>{MASK}@", text))
 
 
 def validate_source_url(url: str) -> str:

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .api import StreamrecAPI
+from .auth import Access, TokenFileError, load_tokens, plain_tokens_exposed
 from .clips.worker import ClipWorker
 from .cluster import Node, StreamLocks, default_node_name
 from .config import Config, ConfigError, plugin_config, public_url
@@ -190,6 +191,14 @@ class Options(usage.Options):
             "How long a clip job waits for a node that holds part of its recording and is"
             " gone, before it fails.",
             duration,
+        ],
+        [
+            "tokens",
+            None,
+            DEFAULTS.tokens,
+            "File of API tokens, one 'ROLE TOKEN' or 'ROLE sha256:HEX' per line"
+            " (roles: viewer, operator, admin; mint one with streamrec-token ROLE)."
+            " Without it the API is open to anyone who reaches the port.",
         ],
     ]
     optFlags = [
@@ -394,11 +403,28 @@ def build_service(
         journal=journal,
         streams=streams,
         node=node,
-        api=StreamrecAPI(streams, storage.resource(), plugins),
+        api=StreamrecAPI(streams, storage.resource(), plugins, access=api_access(config)),
         worker=worker,
         janitor=janitor,
         exit_on_failure=exit_on_failure,
     )
+
+
+def api_access(config: Config) -> Access:
+    """Who may call the API: the callers of ``--tokens``, or anyone."""
+    if not config.tokens:
+        return Access()
+    try:
+        tokens = load_tokens(config.tokens)
+    except TokenFileError as error:
+        raise ConfigError(str(error)) from None
+    if plain_tokens_exposed(config.tokens):
+        log.warn(
+            "{path} holds plain tokens and every user of this box may read it:"
+            " chmod 600 it, or keep sha256: lines only",
+            path=config.tokens,
+        )
+    return Access(tokens)
 
 
 ENCODER_PARTS = ("options", "validate", "encode")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .sources import mask_secrets
 from .store import JOB_DONE, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, Stream, Totals
 
 
@@ -14,7 +15,7 @@ def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict
     and what is recorded."""
     return {
         "id": stream.id,
-        "url": stream.url,
+        "url": mask_secrets(stream.url),
         "description": stream.description,
         "create_date": stream.create_date,
         "start_date": stream.start_date,
@@ -23,7 +24,7 @@ def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict
         "max_age": stream.max_age,
         "state": live.get("state", "stopped"),
         "node": stream.owner,
-        "last_error": live.get("last_error") or stream.last_error,
+        "last_error": masked(live.get("last_error") or stream.last_error),
         "reconnects": live.get("reconnects", 0),
         "last_segment_at": totals.last,
         "recorded": {
@@ -34,6 +35,10 @@ def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict
             "last": totals.last,
         },
     }
+
+
+def masked(text: str | None) -> str | None:
+    return None if text is None else mask_secrets(text)
 
 
 def clip_json(clip: Clip, link: str | None = None) -> dict[str, Any]:

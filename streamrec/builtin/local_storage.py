@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,17 +13,63 @@ from twisted.web.resource import ErrorPage, IResource
 from .. import hookimpl
 from ..plugins import PluginContext
 
+#: ``Range: bytes=...`` with one range: ``first-last``, ``first-`` or ``-suffix``.
+_ONE_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$", re.IGNORECASE)
+UNSATISFIABLE = (-1, -1)
+
+
+def one_range(header: bytes, size: int) -> tuple[int, int] | None:
+    """The byte range ``(first, last)`` a ``Range`` header asks of ``size`` bytes:
+    None to answer the whole file (no range, a malformed one, or several:
+    one answer at most, so a request cannot multiply the bytes sent), or
+    :data:`UNSATISFIABLE` for a range past the end."""
+    match = _ONE_RANGE.match(header.decode("latin-1"))
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last N bytes
+        suffix = int(last)
+        return UNSATISFIABLE if suffix == 0 or size == 0 else (max(0, size - suffix), size - 1)
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return UNSATISFIABLE
+    return start, min(int(last), size - 1) if last else size - 1
+
+
+def no_clip() -> IResource:
+    return ErrorPage(404, "Not Found", "No such clip.")
+
 
 class ClipFiles(static.File):
-    """Clip files with byte ranges, no directory listings, no dotfiles."""
+    """Clip files with one byte range at most, no directory listings, no dotfiles."""
 
     def directoryListing(self) -> IResource:
-        return ErrorPage(404, "Not Found", "No such clip.")
+        return no_clip()
 
     def getChild(self, path: bytes, request: Any) -> IResource:
-        if path.startswith(b"."):
-            return ErrorPage(404, "Not Found", "No such clip.")
+        if path.startswith(b".") or b"\0" in path or b"/" in path or b"\\" in path:
+            return no_clip()
         return super().getChild(path, request)
+
+    def render_GET(self, request: Any) -> bytes | int:
+        header = request.getHeader(b"range")
+        if header is not None and self.isfile():
+            size = self.getsize()
+            chosen = one_range(header, size)
+            if chosen is None:
+                request.requestHeaders.removeHeader(b"range")
+            elif chosen == UNSATISFIABLE:
+                request.setResponseCode(416)
+                request.setHeader(b"Content-Range", b"bytes */%d" % size)
+                request.setHeader(b"Content-Type", b"text/plain")
+                return b"Range not satisfiable\n"
+            else:
+                request.requestHeaders.setRawHeaders(b"range", [b"bytes=%d-%d" % chosen])
+        return super().render_GET(request)
 
     def render(self, request: Any) -> bytes | int:
         # Links are unguessable capabilities: any web page that holds one may
