@@ -6,12 +6,16 @@ import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from klein import Klein
 from twisted.logger import Logger
+from twisted.web.http import combinedLogFormatter
 from twisted.web.iweb import IRequest
 from twisted.web.resource import ErrorPage, IResource
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from .auth import (
     OPERATOR,
@@ -39,7 +43,73 @@ from .sources import mask_secrets
 
 log = Logger(namespace="streamrec.api")
 
+#: The largest request body the API reads, whatever its type (JSON, form,
+#: multipart): its parameters are a URL, a description and a few numbers.
 MAX_BODY = 64 * 1024
+#: The longest description a stream may have.
+MAX_DESCRIPTION = 4096
+
+
+class _Logged:
+    """A request as the access log sees it: its URI with any credentials masked."""
+
+    def __init__(self, request: IRequest) -> None:
+        self._request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    @property
+    def uri(self) -> bytes:
+        path, _, query = self._request.uri.partition(b"?")
+        if not query:
+            return path
+        pairs = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
+        return path + b"?" + urlencode([(k, mask_secrets(v)) for k, v in pairs]).encode()
+
+
+def access_log_line(timestamp: str, request: IRequest) -> str:
+    """The combined log format, with no camera password in the logged URI."""
+    return combinedLogFormatter(timestamp, _Logged(request))
+
+
+class BoundedRequest(Request):
+    """A request whose body is refused, unread, past :data:`MAX_BODY` bytes: by
+    its ``Content-Length`` before a byte of it arrives, or as chunks add up."""
+
+    max_body = MAX_BODY
+    _body_bytes = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self._refuse()
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self.max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        """Answer 413 and hang up: the rest of the body is not worth reading."""
+        if self._refused:
+            return
+        self._refused = True
+        body = json.dumps(
+            {"error_message": f"Request body is too large: at most {self.max_body} bytes"}
+        ).encode()
+        transport = self.channel.transport
+        if transport is not None:
+            transport.write(
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            transport.loseConnection()
 
 
 class ApiError(Exception):
@@ -103,11 +173,15 @@ def read_params(request: IRequest) -> dict[str, str]:
                 body = json.loads(raw)
             except ValueError:
                 raise ApiError(400, "Request body is not valid JSON") from None
+            except RecursionError:
+                raise ApiError(400, "Request body is nested too deeply") from None
             if not isinstance(body, dict):
                 raise ApiError(400, "Request body must be a JSON object")
             for key, value in body.items():
                 if value is None:
                     continue
+                if not isinstance(value, (str, int, float, bool)):
+                    raise ApiError(400, f"Parameter {key!r} must be a string or a number")
                 params[key] = value if isinstance(value, str) else json.dumps(value)
     return params
 
@@ -170,6 +244,9 @@ class StreamrecAPI:
     """The seed's API over a :class:`Streams` domain object."""
 
     app = Klein()
+    #: The site's request class: bodies past MAX_BODY are refused unread.
+    request_factory = BoundedRequest
+    log_formatter = staticmethod(access_log_line)
 
     def __init__(
         self,
@@ -198,6 +275,11 @@ class StreamrecAPI:
     @app.handle_errors(HTTPException)
     def no_such_route(self, request: IRequest, failure: Any) -> bytes:
         error = failure.value
+        if isinstance(error, RequestRedirect):
+            # Only the path: the Host header is the client's word, not ours.
+            target = urlsplit(error.new_url)
+            location = target.path + (f"?{target.query}" if target.query else "")
+            request.setHeader(b"Location", location.encode("utf-8"))
         return json_response(request, {"error_message": error.description}, error.code)
 
     @app.handle_errors(Exception)
@@ -219,7 +301,12 @@ class StreamrecAPI:
         if not url:
             raise ApiError(500, "URL cannot be empty")
         max_age = parse_number(params, "max_age")
-        stream_id = await self.streams.create(url, params.get("description", ""), max_age)
+        description = params.get("description", "")
+        if len(description) > MAX_DESCRIPTION:
+            raise ApiError(
+                400, f"Parameter 'description' is longer than {MAX_DESCRIPTION} characters"
+            )
+        stream_id = await self.streams.create(url, description, max_age)
         return json_response(request, {"stream_id": stream_id})
 
     @app.route("/streams/<stream_id>/start", methods=["GET", "POST"])

@@ -105,7 +105,11 @@ class StreamrecService(MultiService):
                 bad=len(report.quarantined),
                 orphans=len(report.orphans),
             )
-        site = Site(self.api.resource())
+        site = Site(
+            self.api.resource(),
+            requestFactory=self.api.request_factory,
+            logFormatter=self.api.log_formatter,
+        )
         site.displayTracebacks = False
         endpoint = endpoints.serverFromString(self.reactor, self.listen)
         if not self.running:

@@ -278,3 +278,21 @@ class TokenAPITests(APIBase):
         for answer in (listing, status):
             self.assertNotIn("secret", json.dumps(answer))
         self.assertEqual(status["url"], "rtsp://admin:***@127.0.0.1/cam")
+
+
+class AccessLogTests(unittest.TestCase):
+    def test_logged_uri_hides_camera_passwords(self):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from streamrec.api import access_log_line
+
+        request = DummyRequest([b"streams", b"create"])
+        request.uri = b"/streams/create?url=rtsp%3A%2F%2Fadmin%3Asecret%40cam%2Fs&description=door"
+        request.method = b"GET"
+        request.clientproto = b"HTTP/1.1"
+        request.code = 200
+        request.sentLength = 12
+        line = access_log_line("[04/Dec/2026:12:00:00 +0000]", request)
+        self.assertNotIn("secret", line)
+        self.assertIn("GET /streams/create?url=rtsp%3A%2F%2Fadmin%3A%2A%2A%2A%40cam%2Fs", line)
+        self.assertIn("description=door", line)

@@ -14,7 +14,7 @@ from .. import hookimpl
 from ..plugins import PluginContext
 
 #: ``Range: bytes=...`` with one range: ``first-last``, ``first-`` or ``-suffix``.
-_ONE_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$", re.IGNORECASE)
+_ONE_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 UNSATISFIABLE = (-1, -1)
 
 
