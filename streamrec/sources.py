@@ -7,6 +7,7 @@ is also run with a protocol whitelist (see :data:`PROTOCOL_WHITELIST`).
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import urlsplit
 
@@ -36,13 +37,25 @@ _SECRET_PARAMETER = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=8192)
 def mask_secrets(text: str) -> str:
     """``text`` with every credential of a source URL in it replaced by ``***``:
     ``rtsp://admin:***@host/...``, ``srt://host:9000?passphrase=***``. Applied
-    to URLs in answers and to any text (an error, a log line) that may quote one."""
-    if "://" not in text and "=" not in text:
-        return text
-    return _SECRET_PARAMETER.sub(rf"\g<1>{MASK}", _USERINFO.sub(rf"\g<1>{MASK}@", text))
+    to URLs in answers and to any text (an error, a log line) that may quote one.
+    Cached: the same URLs are masked again at every listing."""
+    if "@" in text:
+        text = _USERINFO.sub(_masked_userinfo, text)
+    if "=" in text:
+        text = _SECRET_PARAMETER.sub(_masked_value, text)
+    return text
+
+
+def _masked_userinfo(match: re.Match[str]) -> str:
+    return match.group(1) + MASK + "@"
+
+
+def _masked_value(match: re.Match[str]) -> str:
+    return match.group(1) + MASK
 
 
 def validate_source_url(url: str) -> str:
