@@ -13,6 +13,7 @@ setup(
     packages=find_packages(include=["streamrec", "streamrec.*"]) + ["twisted.plugins"],
     package_data={
         "streamrec.store": ["schema/*/*.sql"],
+        "streamrec.ui": ["*.html", "*.js", "*.css", "*.svg"],
         "twisted": ["plugins/streamrec_plugin.py"],
     },
     install_requires=[
@@ -25,11 +26,22 @@ setup(
         # --database postgresql://...: the shared engine
         "txpostgres>=1.7",
         "psycopg2-binary>=2.9",
+        # GET /metrics
+        "prometheus-client>=0.20",
     ],
     extras_require={
         # kept so "streamrec[postgresql]" still installs; the drivers are core now
         "postgresql": [],
-        "test": ["numpy", "ruff", "mypy", "mypy-zope"],
+        "test": [
+            "numpy",
+            "ruff",
+            "mypy",
+            "mypy-zope",
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=4.32,<5",
+            # the web UI's browser tests (with Debian's chromium)
+            "playwright>=1.40",
+        ],
     },
     entry_points={"console_scripts": ["streamrec-token = streamrec.auth:main"]},
     classifiers=[

@@ -18,28 +18,42 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from .auth import (
+    ADMIN,
     OPERATOR,
+    SESSION_COOKIE,
+    SESSION_KEY,
     VIEWER,
     Access,
     Forbidden,
     MethodNotAllowed,
     Role,
     Unauthenticated,
+    refuse_cross_site,
 )
+from .byteranges import RangedResource
 from .core import Streams
 from .errors import (
     AlreadyStarted,
     BadRequest,
     CannotStart,
     CannotStop,
+    ClipQueueFull,
     DatabaseUnavailable,
     InvalidSource,
+    JobNotFound,
+    NothingRecorded,
     NotStarted,
+    RecordingDeleted,
     StatusUnavailable,
     StreamNotFound,
     StreamrecError,
 )
-from .sources import mask_secrets
+from .metrics import Metrics
+from .openapi import document as openapi_document
+from .sources import listens, mask_secrets
+from .ui import PAGE as UI_PAGE
+from .ui import asset as ui_asset
+from .ui import serve as serve_ui
 
 log = Logger(namespace="streamrec.api")
 
@@ -127,17 +141,21 @@ class ApiError(Exception):
 #: error's own message. The seed's messages are exact.
 ERRORS: dict[type[StreamrecError], tuple[int, str]] = {
     StreamNotFound: (404, "Stream not found"),
+    JobNotFound: (404, "Clip job not found"),
     AlreadyStarted: (500, "Stream already started"),
     NotStarted: (500, "Stream not started"),
     CannotStart: (500, "Cannot start stream"),
     CannotStop: (500, "Cannot stop stream"),
     StatusUnavailable: (500, "Cannot get stream status"),
     DatabaseUnavailable: (503, "Database unavailable"),
+    ClipQueueFull: (503, "Clip queue is full"),
     InvalidSource: (400, "Invalid URL: {error}"),
     BadRequest: (400, "{error}"),
     Unauthenticated: (401, "{error}"),
     Forbidden: (403, "{error}"),
     MethodNotAllowed: (405, "{error}"),
+    NothingRecorded: (404, "{error}"),
+    RecordingDeleted: (410, "The recording was deleted"),
 }
 
 
@@ -146,6 +164,7 @@ def answer_for(error: StreamrecError) -> ApiError:
     kind = next(k for k in type(error).__mro__ if k in ERRORS or k is StreamrecError)
     status, message = ERRORS.get(kind, (500, "Internal error"))
     extra = {"reason": mask_secrets(error.reason)} if error.reason is not None else {}
+    extra.update(error.fields)
     return ApiError(status, mask_secrets(message.format(error=error)), **extra)
 
 
@@ -212,6 +231,26 @@ def parse_id(stream_id: str) -> int:
 
 CLIP_PARAMS = ("start", "stop", "encoder")
 
+
+def set_session_cookie(request: Any, value: bytes, max_age: int | None = None) -> None:
+    """The UI's session cookie: never readable by scripts, never sent cross-site."""
+    request.addCookie(
+        SESSION_COOKIE,
+        value,
+        path=b"/",
+        max_age=None if max_age is None else str(max_age),
+        secure=request.isSecure() or None,
+        httpOnly=True,
+        sameSite="strict",
+    )
+
+
+def refuse_cross_site_request(request: IRequest) -> None:
+    refuse_cross_site(
+        {name: value for name in ACCESS_HEADERS if (value := request.getHeader(name)) is not None}
+    )
+
+
 #: The request headers the access check reads.
 ACCESS_HEADERS = (b"authorization", b"sec-fetch-site", b"origin", b"host")
 
@@ -228,10 +267,7 @@ def needs(role: Role, changes_state: bool = False) -> Callable[[Handler], Handle
             if changes_state and request.method == b"HEAD":
                 request.setHeader(b"Allow", b"GET, POST")
                 raise MethodNotAllowed("HEAD does not change state: use GET or POST")
-            headers = {name: request.getHeader(name) for name in ACCESS_HEADERS}
-            api.access.check(
-                {k: v for k, v in headers.items() if v is not None}, role, changes_state
-            )
+            api.check_access(request, role, changes_state)
             return handler(api, request, *args, **kwargs)
 
         checked.role = role  # type: ignore[attr-defined]
@@ -254,14 +290,48 @@ class StreamrecAPI:
         clip_files: IResource | None,
         plugins: dict[str, Any],
         access: Access | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.access = access or Access()
         self.streams = streams
         self.clip_files = clip_files
         self.plugin_info = plugins
+        self.metrics = metrics
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        if self.metrics is None:
+            return self.app.resource()
+        return self.metrics.timed(self.app.resource(), self.app.url_map)
+
+    def check_access(self, request: IRequest, role: Role, changes_state: bool) -> Role:
+        headers = {name: request.getHeader(name) for name in ACCESS_HEADERS}
+        headers[SESSION_KEY] = request.getCookie(SESSION_COOKIE)
+        return self.access.check(
+            {k: v for k, v in headers.items() if v is not None}, role, changes_state
+        )
+
+    # -- the UI's session: a cookie holding a token ------------------------------
+    @app.route("/session", methods=["GET"])
+    def session(self, request: IRequest) -> bytes:
+        role = self.check_access(request, VIEWER, changes_state=False)
+        return json_response(request, {"role": role.name, "open": self.access.open})
+
+    @app.route("/session", methods=["POST"])
+    def sign_in(self, request: IRequest) -> bytes:
+        refuse_cross_site_request(request)
+        token = read_params(request).get("token", "").strip()
+        if not token:
+            raise ApiError(400, "Parameter 'token' is required")
+        role = self.access.role_of_token(token)
+        if not self.access.open:
+            set_session_cookie(request, token.encode("latin-1", "replace"))
+        return json_response(request, {"role": role.name, "open": self.access.open})
+
+    @app.route("/session/end", methods=["POST"])
+    def sign_out(self, request: IRequest) -> bytes:
+        refuse_cross_site_request(request)
+        set_session_cookie(request, b"", max_age=0)
+        return json_response(request, {"result": "ok"})
 
     @app.handle_errors(ApiError, StreamrecError)
     def api_error(self, request: IRequest, failure: Any) -> bytes:
@@ -300,6 +370,9 @@ class StreamrecAPI:
         url = params.get("url", "").strip()
         if not url:
             raise ApiError(500, "URL cannot be empty")
+        if listens(url):
+            # ffmpeg would take a port of this box for whoever sends to it.
+            self.check_access(request, ADMIN, changes_state=True)
         max_age = parse_number(params, "max_age")
         description = params.get("description", "")
         if len(description) > MAX_DESCRIPTION:
@@ -326,6 +399,51 @@ class StreamrecAPI:
     async def status(self, request: IRequest, stream_id: str) -> bytes:
         return json_response(request, await self.streams.status(parse_id(stream_id)))
 
+    @app.route("/streams/<stream_id>/timeline", methods=["GET"])
+    @needs(VIEWER)
+    async def timeline(self, request: IRequest, stream_id: str) -> bytes:
+        params = read_params(request)
+        sid = parse_id(stream_id)
+        start = parse_time(params, "start", required=False)
+        stop = parse_time(params, "stop", required=False)
+        return json_response(request, await self.streams.timeline(sid, start, stop))
+
+    @app.route("/streams/<stream_id>/snapshot", methods=["GET"])
+    @needs(VIEWER)
+    async def snapshot(self, request: IRequest, stream_id: str) -> bytes:
+        params = read_params(request)
+        sid = parse_id(stream_id)
+        t = parse_time(params, "t", required=False)
+        width = parse_number(params, "width", what="a width in pixels")
+        picture = await self.streams.snapshot(sid, t, width)
+        # A past instant shows the same picture for good; the latest changes.
+        cache = b"no-store" if t is None else b"private, max-age=86400, immutable"
+        request.setHeader(b"Content-Type", b"image/jpeg")
+        request.setHeader(b"Cache-Control", cache)
+        request.setHeader(b"X-Streamrec-Time", b"%.6f" % picture.at)
+        return picture.jpeg
+
+    @app.route("/streams/<stream_id>/archive.mp4", methods=["GET"])
+    @needs(VIEWER)
+    async def archive(self, request: IRequest, stream_id: str) -> IResource:
+        params = read_params(request)
+        sid = parse_id(stream_id)
+        start = parse_time(params, "start", required=True)
+        assert start is not None
+        stop = parse_time(params, "stop", required=False)
+        file = await self.streams.archive(sid, start, stop)
+        return RangedResource(
+            lambda: self.streams.archive_body(file),
+            size=file.size,
+            etag=file.etag.encode(),
+            content_type=b"video/mp4",
+            headers={
+                b"Cache-Control": b"private, no-cache",
+                b"X-Streamrec-Start": b"%.6f" % file.start,
+                b"X-Streamrec-Stop": b"%.6f" % file.stop,
+            },
+        )
+
     @app.route("/streams/<stream_id>/get_clip", methods=["GET", "POST"])
     @needs(VIEWER, changes_state=True)
     async def get_clip(self, request: IRequest, stream_id: str) -> bytes:
@@ -338,10 +456,48 @@ class StreamrecAPI:
         job = await self.streams.get_clip(sid, start, stop, params.get("encoder") or None, options)
         return json_response(request, job)
 
+    @app.route("/streams/<stream_id>/cancel_clip", methods=["POST"])
+    @needs(OPERATOR, changes_state=True)
+    async def cancel_clip(self, request: IRequest, stream_id: str) -> bytes:
+        params = read_params(request)
+        sid = parse_id(stream_id)
+        job_id = parse_number(params, "job_id", required=True, what="a clip job's id")
+        assert job_id is not None
+        if not job_id.is_integer() or not 0 < job_id < 2**62:
+            raise ApiError(400, "Parameter 'job_id' must be a clip job's id")
+        return json_response(request, await self.streams.cancel_clip(sid, int(job_id)))
+
     @app.route("/plugins", methods=["GET"])
     @needs(VIEWER)
     def plugins(self, request: IRequest) -> bytes:
         return json_response(request, self.plugin_info)
+
+    @app.route("/metrics", methods=["GET"])
+    @needs(VIEWER)
+    async def prometheus(self, request: IRequest) -> bytes:
+        if self.metrics is None:
+            raise ApiError(404, "Metrics are not collected here")
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        body, content_type = await self.metrics.render(accept)
+        request.setHeader(b"Content-Type", content_type.encode("latin-1"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        return json_response(request, openapi_document(ERRORS))
+
+    # -- the web UI: its files need no token; its API calls do ---------------------
+    @app.route("/", methods=["GET"])
+    def ui_page(self, request: IRequest) -> bytes:
+        return self.ui_file(request, UI_PAGE)
+
+    @app.route("/ui/<name>", methods=["GET"])
+    def ui_file(self, request: IRequest, name: str) -> bytes:
+        found = ui_asset(name)
+        if found is None:
+            raise ApiError(404, "Not found")
+        return serve_ui(request, found)
 
     @app.route("/clips/", branch=True)
     def clips(self, request: IRequest) -> IResource:

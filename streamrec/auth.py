@@ -133,32 +133,47 @@ class Access:
     def open(self) -> bool:
         return self.tokens is None
 
-    def role_of(self, authorization: bytes | None) -> Role:
-        """The caller's role from an ``Authorization`` header."""
+    def role_of(self, authorization: bytes | None, session: bytes | None = None) -> Role:
+        """The caller's role from an ``Authorization: Bearer`` header, or else
+        from the UI's session cookie (which holds a token too)."""
         if self.tokens is None:
             return ADMIN
-        if not authorization:
+        if authorization:
+            scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("Authentication required")
+        elif session:
+            token = session.decode("latin-1")
+        else:
             raise Unauthenticated("Authentication required")
-        scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("Authentication required")
-        offered = digest(token.strip())
+        return self.role_of_token(token.strip())
+
+    def role_of_token(self, token: str) -> Role:
+        if self.tokens is None:
+            return ADMIN
+        offered = digest(token)
         for known, role in self.tokens.items():
             if hmac.compare_digest(known, offered):
                 return role
         raise Unauthenticated("Invalid token")
 
     def check(self, headers: Headers, needed: Role, changes_state: bool) -> Role:
-        """The caller's role, if it may do what needs ``needed``; else raises."""
+        """The caller's role, if it may do what needs ``needed``; else raises.
+        ``headers`` holds the request's, and the session cookie under ``SESSION_KEY``."""
         if changes_state:
             refuse_cross_site(headers)
-        role = self.role_of(headers.get(b"authorization"))
+        role = self.role_of(headers.get(b"authorization"), headers.get(SESSION_KEY))
         if role < needed:
             raise Forbidden(f"This needs the {needed.name} role")
         return role
 
 
 Headers = dict[bytes, bytes]
+
+#: The UI's session cookie: a token a browser sends by itself with ``<video>``
+#: and ``<img>`` requests (HttpOnly, SameSite=Strict).
+SESSION_COOKIE = b"streamrec_session"
+SESSION_KEY = b"cookie:" + SESSION_COOKIE
 
 #: ``Sec-Fetch-Site`` values of requests a browser makes for another site's page.
 CROSS_SITE = (b"cross-site", b"same-site")

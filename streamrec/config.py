@@ -34,8 +34,21 @@ class Config:
     lease_seconds: float = 15.0
     # How long a clip job waits for a node that holds part of its recording.
     clip_wait: float = 600.0
+    # Clip jobs pending or being built at most (0: no bound); past it, 503.
+    max_clip_jobs: int = 200
+    # How long get_clip waits for a quick (copy) clip of a recorded range.
+    clip_answer_wait: float = 2.0
     # The API's callers and their roles (streamrec.auth); empty: the API is open.
     tokens: str = ""
+    # What HTTP clients may hold (streamrec.web; 0 turns one off): connections
+    # in all and per address, file descriptors kept for recording, and the
+    # seconds a request's head, its body and an idle connection may take.
+    max_connections: int = 512
+    max_connections_per_ip: int = 128
+    fd_reserve: int = 256
+    header_timeout: float = 15.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
     # Settings of plugins by name: the [NAME] sections of the --config file.
     plugin_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -18,23 +18,27 @@ from .errors import (
     CannotStart,
     CannotStop,
     DatabaseUnavailable,
+    JobNotFound,
     NotStarted,
     StatusUnavailable,
     StreamNotFound,
     UnknownEncoder,
     log_failure,
 )
+from .playback import MAX_WIDTH, MIN_WIDTH, ArchiveBody, ArchiveFile, Picture, Playback
 from .plugins import ClipEncoder, StorageBackend
 from .recorder.fleet import Recorders
 from .recorder.supervisor import DISK_FULL, RECONNECTING, RECORDING, STARTING, Recorder
 from .sources import mask_secrets, validate_source_url
-from .store import Clip, SqlStore, Stream
-from .views import job_json, stream_json
+from .store import JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, SqlStore, Stream
+from .views import job_json, stream_json, timeline_json
 
 log = Logger(namespace="streamrec.core")
 
 #: Seconds between looks at the database while another node starts or stops a stream.
 WAIT_STEP = 0.1
+#: Seconds between looks at a quick clip job that get_clip waits for.
+QUICK_ANSWER_STEP = 0.02
 
 
 class RecorderEvents:
@@ -101,6 +105,10 @@ class Streams:
         storage: StorageBackend | None = None,
         wake_worker: Callable[[], None] = lambda: None,
         stop_wait: float = 20.0,
+        playback: Playback | None = None,
+        max_clip_jobs: int | None = None,
+        cancel_build: Callable[[int], None] = lambda job_id: None,
+        clip_answer_wait: float = 0.0,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -114,6 +122,12 @@ class Streams:
         self.max_clip_seconds = max_clip_seconds
         self.wake_worker = wake_worker
         self.stop_wait = stop_wait
+        self.max_clip_jobs = max_clip_jobs or None
+        self.cancel_build = cancel_build
+        self.clip_answer_wait = clip_answer_wait
+        self.playback = playback or Playback(
+            store=store, clock=reactor, max_seconds=max_clip_seconds
+        )
         # Backends whose links expire (presigned URLs) make a new one per answer.
         self._link: Callable[[str], str] | None = getattr(storage, "link", None)
 
@@ -177,6 +191,58 @@ class Streams:
             raise StreamNotFound(stream_id)
         stream, totals = found
         return stream_json(stream, totals, self._live(stream))
+
+    async def timeline(
+        self, stream_id: int, start: float | None, stop: float | None
+    ) -> dict[str, Any]:
+        """The recorded spans within [start, stop], cut to it; without ``start``
+        or ``stop``, from the first or to the last recorded instant."""
+        for name, value in (("start", start), ("stop", stop)):
+            if value is not None:
+                check_time(name, value)
+        if start is not None and stop is not None and stop < start:
+            raise BadRequest("stop must not be earlier than start")
+        found = await self.store.stream_with_totals(stream_id)
+        if found is None:
+            raise StreamNotFound(stream_id)
+        totals = found[1]
+        if start is None:  # the first recorded instant, not after stop
+            start = min((t for t in (totals.first, stop) if t is not None), default=None)
+        if stop is None:  # the last recorded instant, not before start
+            stop = max((t for t in (totals.last, start) if t is not None), default=None)
+        if start is None or stop is None:  # nothing recorded, no bound given
+            return timeline_json(stream_id, start, stop, [])
+        return timeline_json(
+            stream_id, start, stop, await self.store.recorded_spans(stream_id, start, stop)
+        )
+
+    async def snapshot(self, stream_id: int, t: float | None, width: float | None) -> Picture:
+        """The frame shown at ``t`` as JPEG, ``width`` pixels wide (the recorded
+        width by default); without ``t``, the latest recorded keyframe."""
+        if t is not None:
+            check_time("t", t)
+        if width is not None and not (width.is_integer() and MIN_WIDTH <= width <= MAX_WIDTH):
+            raise BadRequest(f"width must be a whole number from {MIN_WIDTH} to {MAX_WIDTH}")
+        size = None if width is None else int(width)
+        await self._stream(stream_id)
+        if t is None:
+            return await self.playback.snapshots.latest(stream_id, size)
+        return await self.playback.snapshots.picture(stream_id, t, size)
+
+    async def archive(self, stream_id: int, start: float, stop: float | None) -> ArchiveFile:
+        """The recording from ``start`` as one MP4 file, to ``stop`` or the first
+        gap (see :mod:`streamrec.playback.archive`)."""
+        check_time("start", start)
+        if stop is not None:
+            check_time("stop", stop)
+            if stop <= start:
+                raise BadRequest("stop must be later than start")
+        await self._stream(stream_id)
+        return await self.playback.archive.open(stream_id, start, stop)
+
+    def archive_body(self, file: ArchiveFile) -> ArchiveBody:
+        """The bytes of ``file`` for one answer, read as they are sent."""
+        return self.playback.archive.body(file)
 
     async def start(self, stream_id: int) -> None:
         await self._one_at_a_time(stream_id, self._start)
@@ -283,8 +349,12 @@ class Streams:
         if stream.start_date is None:
             raise NotStarted(stream_id)
         check_time("start", start)
+        # A millisecond is a frame's fraction: finer times would only make
+        # every request a new job.
+        start = round(start, 3)
         if stop is not None:
             check_time("stop", stop)
+            stop = round(stop, 3)
             if stop <= start:
                 raise BadRequest("stop must be later than start")
         encoder = encoder or self.default_encoder
@@ -306,12 +376,53 @@ class Streams:
                 f"the range is {end - start:.0f} s long; at most {self.max_clip_seconds:g} s"
                 " can be asked for at once"
             )
+        longest = getattr(chosen, "max_seconds", None)
+        if longest is not None and end - start > longest:
+            raise BadRequest(
+                f"the range is {end - start:.0f} s long; the {encoder} encoder takes"
+                f" at most {longest:g} s at once"
+            )
         job, created = await self.store.find_or_create_job(
-            stream_id, start, stop, default_stop, encoder, options, now
+            stream_id, start, stop, default_stop, encoder, options, now, self.max_clip_jobs
         )
         if created:
             self.wake_worker()
+        if job.status in (JOB_PENDING, JOB_PROCESSING) and getattr(chosen, "quick", False):
+            job = await self._quick_answer(job)
         return job_json(job, self.fresh_link)
+
+    async def _quick_answer(self, job: ClipJob) -> ClipJob:
+        """A quick encoder's job over a range already recorded is done within
+        ``clip_answer_wait`` seconds: wait that long for it, so the first answer
+        has the links."""
+        if self.clip_answer_wait <= 0:
+            return job
+        totals = await self.store.totals(job.stream_id)
+        if totals.last is None or totals.last < job.stop:
+            return job  # its range is still being recorded
+        deadline = self.now() + self.clip_answer_wait
+        while self.now() < deadline:
+            await deferLater(self.reactor, QUICK_ANSWER_STEP, lambda: None)
+            job = await self.store.get_job(job.id)
+            if job.status not in (JOB_PENDING, JOB_PROCESSING):
+                break
+        return job
+
+    async def cancel_clip(self, stream_id: int, job_id: int) -> dict[str, Any]:
+        """End a clip job that is pending or being built (its encoder is killed);
+        the job answers ``failed`` with the reason from then on."""
+        await self._stream(stream_id)
+        if job_id not in await self.store.job_statuses([job_id]):
+            raise JobNotFound(job_id)
+        job = await self.store.get_job(job_id)
+        if job.stream_id != stream_id:
+            raise JobNotFound(job_id)
+        if await self.store.cancel_job(job_id, self.now(), "cancelled through the API"):
+            self.cancel_build(job_id)
+            self.notify(
+                "clip_failed", stream_id=stream_id, job_id=job_id, error="cancelled through the API"
+            )
+        return job_json(await self.store.get_job(job_id), self.fresh_link)
 
     # -- service life -------------------------------------------------------
     async def shutdown(self) -> None:

@@ -12,9 +12,11 @@ from typing import Any
 
 class StreamrecError(Exception):
     """Base of the errors a caller of the domain is told about. ``reason``, when
-    set, is the underlying cause in words (ffmpeg's last error line, say)."""
+    set, is the underlying cause in words (ffmpeg's last error line, say);
+    ``fields`` go along in the answer as they are."""
 
     reason: str | None = None
+    fields: dict[str, Any] = {}
 
 
 class BadRequest(StreamrecError, ValueError):
@@ -31,6 +33,10 @@ class UnknownEncoder(BadRequest):
 
 class StreamNotFound(StreamrecError, LookupError):
     pass
+
+
+class JobNotFound(StreamrecError, LookupError):
+    """No clip job of that id for that stream."""
 
 
 class AlreadyStarted(StreamrecError):
@@ -59,6 +65,14 @@ class StatusUnavailable(StreamrecError):
     """A stream's status could not be put together (the store failed)."""
 
 
+class ClipQueueFull(StreamrecError):
+    """Too many clip jobs are waiting or being built to take a new one."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class DatabaseUnavailable(StreamrecError):
     """The database cannot be reached now (it restarts, or the network to it is
     down); the driver connects again by itself. Recording goes on meanwhile."""
@@ -66,6 +80,20 @@ class DatabaseUnavailable(StreamrecError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class NothingRecorded(StreamrecError, LookupError):
+    """Nothing is recorded at the instant asked for (None: at all yet). ``fields``
+    may say where the recording goes on (``next``)."""
+
+    def __init__(self, at: float | None, **fields: Any) -> None:
+        super().__init__("Nothing recorded yet" if at is None else f"Nothing recorded at {at:.3f}")
+        self.at = at
+        self.fields = fields
+
+
+class RecordingDeleted(StreamrecError):
+    """The segments a playback was reading were deleted (retention) since it began."""
 
 
 def log_failure(logger: Any, what: str, failure: Any, **fields: Any) -> None:

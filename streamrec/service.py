@@ -17,7 +17,6 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from .api import StreamrecAPI
 from .clips.worker import ClipWorker
@@ -29,6 +28,7 @@ from .recorder.journal import SegmentJournal
 from .recorder.layout import SegmentLayout
 from .recorder.recovery import recover
 from .store import SqlStore
+from .web import Limits, api_site
 
 log = Logger(namespace="streamrec.service")
 
@@ -49,6 +49,7 @@ class StreamrecService(MultiService):
         streams: Streams,
         node: Node,
         api: StreamrecAPI,
+        limits: Limits,
         worker: ClipWorker,
         janitor: Janitor,
         exit_on_failure: bool = False,
@@ -64,6 +65,7 @@ class StreamrecService(MultiService):
         self.streams = streams
         self.node = node
         self.api = api
+        self.limits = limits
         self.worker = worker
         self.janitor = janitor
         self.exit_on_failure = exit_on_failure
@@ -105,12 +107,13 @@ class StreamrecService(MultiService):
                 bad=len(report.quarantined),
                 orphans=len(report.orphans),
             )
-        site = Site(
+        site = api_site(
             self.api.resource(),
-            requestFactory=self.api.request_factory,
-            logFormatter=self.api.log_formatter,
+            limits=self.limits,
+            reactor=self.reactor,
+            request_factory=self.api.request_factory,
+            log_formatter=self.api.log_formatter,
         )
-        site.displayTracebacks = False
         endpoint = endpoints.serverFromString(self.reactor, self.listen)
         if not self.running:
             return  # stopped while recovering

@@ -21,6 +21,7 @@ from .config import Config, ConfigError, plugin_config, public_url
 from .core import RecorderEvents, Streams
 from .janitor import Janitor, Retention
 from .media.ffmpeg import find_ffmpeg
+from .metrics import Metrics
 from .plugins import (
     ClipEncoder,
     PluginContext,
@@ -38,6 +39,7 @@ from .recorder.supervisor import Recorder
 from .service import StreamrecService
 from .store import LONGEST_SEGMENT, open_store
 from .threads import thread_runner
+from .web import Limits
 
 log = Logger(namespace="streamrec.tap")
 
@@ -129,6 +131,21 @@ class Options(usage.Options):
         ],
         ["clip-workers", None, DEFAULTS.clip_workers, "Clips built at once.", int],
         [
+            "clip-answer-wait",
+            None,
+            DEFAULTS.clip_answer_wait,
+            "Seconds get_clip waits for a copy clip of a range already recorded, so its"
+            " first answer is done with the links (0: answer at once).",
+            _float,
+        ],
+        [
+            "max-clip-jobs",
+            None,
+            DEFAULTS.max_clip_jobs,
+            "Clip jobs pending or being built at most; past it get_clip answers 503 (0: no bound).",
+            int,
+        ],
+        [
             "max-age",
             None,
             DEFAULTS.max_age,
@@ -199,6 +216,50 @@ class Options(usage.Options):
             "File of API tokens, one 'ROLE TOKEN' or 'ROLE sha256:HEX' per line"
             " (roles: viewer, operator, admin; mint one with streamrec-token ROLE)."
             " Without it the API is open to anyone who reaches the port.",
+        ],
+        [
+            "max-connections",
+            None,
+            DEFAULTS.max_connections,
+            "HTTP connections open at once, at most (0: no limit).",
+            int,
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            DEFAULTS.max_connections_per_ip,
+            "HTTP connections open at once from one client address (0: no limit).",
+            int,
+        ],
+        [
+            "fd-reserve",
+            None,
+            DEFAULTS.fd_reserve,
+            "File descriptors kept free for recording, clips and the database: no new"
+            " HTTP connection is taken when fewer are left of the process's limit.",
+            int,
+        ],
+        [
+            "header-timeout",
+            None,
+            DEFAULTS.header_timeout,
+            "Seconds a client has to send a request's headers (0: no limit).",
+            duration,
+        ],
+        [
+            "body-timeout",
+            None,
+            DEFAULTS.body_timeout,
+            "Seconds a client has to send a request's body after its headers (0: no limit).",
+            duration,
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULTS.idle_timeout,
+            "Seconds an HTTP connection may stay idle, or its client read nothing of an"
+            " answer (0: no limit).",
+            duration,
         ],
     ]
     optFlags = [
@@ -305,8 +366,8 @@ def build_service(
         run_blocking=run_blocking,
         max_duration=min(10 * config.segment_seconds + 10, LONGEST_SEGMENT),
         cooperator=paced(reactor),
+        clock=reactor,
     )
-    notify = notifier(pm)
     journal = SegmentJournal(
         reactor=reactor, store=store, path=os.path.join(data_dir, f"journal-{node_name}.jsonl")
     )
@@ -326,6 +387,8 @@ def build_service(
             journal=journal,
         )
     )
+    metrics = Metrics(reactor=reactor, store=store, recorders=recorders, data_dir=data_dir)
+    notify = metrics.watch(notifier(pm))  # counts segments and clips as they come
     worker = ClipWorker(
         reactor=reactor,
         store=store,
@@ -384,6 +447,9 @@ def build_service(
         max_clip_seconds=config.max_clip_seconds,
         storage=storage,
         wake_worker=worker.wake,
+        max_clip_jobs=config.max_clip_jobs,
+        clip_answer_wait=config.clip_answer_wait,
+        cancel_build=worker.cancel,
     )
     plugins = {
         "plugins": plugin_names(pm),
@@ -403,7 +469,10 @@ def build_service(
         journal=journal,
         streams=streams,
         node=node,
-        api=StreamrecAPI(streams, storage.resource(), plugins, access=api_access(config)),
+        api=StreamrecAPI(
+            streams, storage.resource(), plugins, access=api_access(config), metrics=metrics
+        ),
+        limits=Limits.of(config),
         worker=worker,
         janitor=janitor,
         exit_on_failure=exit_on_failure,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .sources import mask_secrets
@@ -39,6 +39,20 @@ def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict
 
 def masked(text: str | None) -> str | None:
     return None if text is None else mask_secrets(text)
+
+
+def timeline_json(
+    stream_id: int, start: float | None, stop: float | None, spans: Sequence[tuple[float, float]]
+) -> dict[str, Any]:
+    """A stream's recorded spans within [start, stop] (``null``: nothing recorded, no
+    bound asked), in time order; the gaps are what lies between them. Times are
+    the index's own, unrounded, so a span's start asks for its first instant."""
+    return {
+        "stream_id": stream_id,
+        "start": start,
+        "stop": stop,
+        "spans": [{"start": first, "stop": last} for first, last in spans],
+    }
 
 
 def clip_json(clip: Clip, link: str | None = None) -> dict[str, Any]:

@@ -147,7 +147,7 @@ class APITestCase(APIBase):
             "http://cam.example/video.ts",
             "srt://127.0.0.1:9000?mode=caller",
             "udp://239.0.0.1:1234",
-            "udp://@:1234",
+            "udp://0.0.0.0:1234",
             "rtp://127.0.0.1:5004",
         ):
             code, answer = yield defer.ensureDeferred(
@@ -266,6 +266,87 @@ class APITestCase(APIBase):
             )
             self.assertEqual(code, 400, params)
             self.assertIn(words, answer["error_message"])
+
+    @defer.inlineCallbacks
+    def test_a_full_clip_queue_is_a_503(self):
+        self.streams.max_clip_jobs = 2
+        stream_id = yield defer.ensureDeferred(self.create())
+        yield defer.ensureDeferred(self.call("POST", f"/streams/{stream_id}/start"))
+        now = reactor.seconds()
+        path = f"/streams/{stream_id}/get_clip"
+        for n in range(2):
+            code, _ = yield defer.ensureDeferred(self.call("GET", path, {"start": now - 10 + n}))
+            self.assertEqual(code, 200)
+        code, answer = yield defer.ensureDeferred(self.call("GET", path, {"start": now - 5}))
+        self.assertEqual(code, 503)
+        self.assertEqual(answer["error_message"], "Clip queue is full")
+        self.assertIn("at most 2", answer["reason"])
+        # Times finer than a millisecond are the same job, not a new one.
+        code, _ = yield defer.ensureDeferred(
+            self.call("GET", path, {"start": now - 10 + 0.0001, "stop": now - 1})
+        )
+        code, same = yield defer.ensureDeferred(
+            self.call("GET", path, {"start": now - 10 + 0.0002, "stop": now - 1})
+        )
+        self.assertEqual(code, 503)  # the first of the two was new, and refused
+
+    @defer.inlineCallbacks
+    def test_an_encoder_bounds_its_range(self):
+        self.streams.encoders["timelapse"].max_seconds = 30
+        stream_id = yield defer.ensureDeferred(self.create())
+        yield defer.ensureDeferred(self.call("POST", f"/streams/{stream_id}/start"))
+        now = reactor.seconds()
+        path = f"/streams/{stream_id}/get_clip"
+        code, answer = yield defer.ensureDeferred(
+            self.call("GET", path, {"start": now - 60, "stop": now, "encoder": "timelapse"})
+        )
+        self.assertEqual(code, 400)
+        self.assertIn("the timelapse encoder takes at most 30 s", answer["error_message"])
+        code, _ = yield defer.ensureDeferred(
+            self.call("GET", path, {"start": now - 20, "stop": now, "encoder": "timelapse"})
+        )
+        self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
+    def test_cancel_clip(self):
+        stream_id = yield defer.ensureDeferred(self.create())
+        yield defer.ensureDeferred(self.call("POST", f"/streams/{stream_id}/start"))
+        now = reactor.seconds()
+        _, job = yield defer.ensureDeferred(
+            self.call(
+                "GET", f"/streams/{stream_id}/get_clip", {"start": now - 10, "stop": now + 60}
+            )
+        )
+        path = f"/streams/{stream_id}/cancel_clip"
+        code, answer = yield defer.ensureDeferred(self.call("GET", path, {"job_id": job["job_id"]}))
+        self.assertEqual(code, 405)
+        code, answer = yield defer.ensureDeferred(
+            self.call("POST", path, {"job_id": job["job_id"]}, "form")
+        )
+        self.assertEqual(code, 200, answer)
+        self.assertEqual(
+            (answer["status"], answer["error_message"]), ("failed", "cancelled through the API")
+        )
+        _, again = yield defer.ensureDeferred(
+            self.call(
+                "GET", f"/streams/{stream_id}/get_clip", {"start": now - 10, "stop": now + 60}
+            )
+        )
+        self.assertEqual((again["job_id"], again["status"]), (job["job_id"], "failed"))
+        for params, (status, words) in [
+            ({"job_id": job["job_id"] + 1}, (404, "Clip job not found")),
+            ({}, (400, "'job_id' is required")),
+            ({"job_id": "1.5"}, (400, "'job_id' must be a clip job's id")),
+            ({"job_id": "-3"}, (400, "'job_id' must be a clip job's id")),
+        ]:
+            code, answer = yield defer.ensureDeferred(self.call("POST", path, params, "form"))
+            self.assertEqual(code, status, params)
+            self.assertIn(words, answer["error_message"])
+        other = yield defer.ensureDeferred(self.create())
+        code, answer = yield defer.ensureDeferred(
+            self.call("POST", f"/streams/{other}/cancel_clip", {"job_id": job["job_id"]}, "form")
+        )
+        self.assertEqual((code, answer["error_message"]), (404, "Clip job not found"))
 
     @defer.inlineCallbacks
     def test_get_clip_same_request_same_job(self):

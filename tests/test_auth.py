@@ -8,6 +8,7 @@ import os
 import time
 from contextlib import redirect_stdout
 from typing import Any
+from urllib.parse import urlencode
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -212,6 +213,20 @@ class TokenAPITests(APIBase):
         self.assertEqual((code, body), (200, {"result": "ok"}))
 
     @defer.inlineCallbacks
+    def test_listening_sources_need_an_admin(self):
+        for url in ("udp://0.0.0.0:5000", "srt://127.0.0.1:9000?mode=listener"):
+            path = "/streams/create?" + urlencode({"url": url})
+            code, body, _ = yield defer.ensureDeferred(self.request("POST", path, OPERATOR_TOKEN))
+            self.assertEqual((code, body), (403, {"error_message": "This needs the admin role"}))
+            code, body, _ = yield defer.ensureDeferred(self.request("POST", path, ADMIN_TOKEN))
+            self.assertEqual(code, 200, body)
+        # Pulled and multicast sources are an operator's.
+        for url in ("udp://239.1.1.1:5000", "srt://127.0.0.1:9000"):
+            path = "/streams/create?" + urlencode({"url": url})
+            code, body, _ = yield defer.ensureDeferred(self.request("POST", path, OPERATOR_TOKEN))
+            self.assertEqual(code, 200, (url, body))
+
+    @defer.inlineCallbacks
     def test_head_never_changes_state(self):
         stream_id = yield defer.ensureDeferred(self.created())
         yield defer.ensureDeferred(self.request("GET", f"/streams/{stream_id}/start", ADMIN_TOKEN))
@@ -259,6 +274,51 @@ class TokenAPITests(APIBase):
         )
         self.assertEqual(code, 200)
         self.assertEqual(self.recorders[stream_id].calls, ["start"])
+
+    @defer.inlineCallbacks
+    def test_ui_session_cookie(self):
+        stream_id = yield defer.ensureDeferred(self.created())
+        code, body, _ = yield defer.ensureDeferred(self.request("GET", "/session"))
+        self.assertEqual((code, body), (401, {"error_message": "Authentication required"}))
+        response = yield self.http.request(
+            "POST",
+            "http://streamrec.test/session",
+            data=json.dumps({"token": OPERATOR_TOKEN}).encode(),
+            headers={b"Content-Type": [b"application/json"]},
+        )
+        self.assertEqual((yield response.json()), {"role": "operator", "open": False})
+        (cookie,) = response.headers.getRawHeaders(b"set-cookie")
+        self.assertIn(b"HttpOnly", cookie)
+        self.assertIn(b"SameSite=strict", cookie)
+        session = cookie.split(b";")[0].decode()
+        self.assertEqual(session, f"streamrec_session={OPERATOR_TOKEN}")
+        code, body, _ = yield defer.ensureDeferred(self.request("GET", "/session", Cookie=session))
+        self.assertEqual((code, body), (200, {"role": "operator", "open": False}))
+        # What the cookie allows, it allows from the UI's own pages only.
+        code, body, _ = yield defer.ensureDeferred(
+            self.request(
+                "POST", f"/streams/{stream_id}/start", Cookie=session, Sec_Fetch_Site="cross-site"
+            )
+        )
+        self.assertEqual(code, 403)
+        code, body, _ = yield defer.ensureDeferred(
+            self.request(
+                "POST", f"/streams/{stream_id}/start", Cookie=session, Sec_Fetch_Site="same-origin"
+            )
+        )
+        self.assertEqual((code, body), (200, {"result": "ok"}))
+        code, body, _ = yield defer.ensureDeferred(
+            self.request("GET", "/session", Cookie="streamrec_session=" + "x" * 20)
+        )
+        self.assertEqual((code, body), (401, {"error_message": "Invalid token"}))
+        response = yield self.http.request("POST", "http://streamrec.test/session/end")
+        (cleared,) = response.headers.getRawHeaders(b"set-cookie")
+        self.assertTrue(cleared.startswith(b"streamrec_session=;"), cleared)
+        self.assertIn(b"Max-Age=0", cleared)
+        response = yield self.http.request(
+            "POST", "http://streamrec.test/session", data={"token": "y" * 20}
+        )
+        self.assertEqual(response.code, 401)
 
     @defer.inlineCallbacks
     def test_camera_password_never_answered(self):

@@ -14,6 +14,9 @@ from ..plugins import Encoder, EncodeRequest, PluginContext
 class FastCopyEncoder(Encoder):
     """No decoding, no re-muxing: tens of milliseconds for a minute of video."""
 
+    #: Builds in milliseconds: get_clip waits for it and answers ``done`` at once.
+    quick = True
+
     def __init__(self, context: PluginContext) -> None:
         self.run_blocking = context.run_blocking
 

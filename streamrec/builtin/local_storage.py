@@ -2,46 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
-from twisted.web import static
-from twisted.web.resource import ErrorPage, IResource
+from twisted.web import resource, static
+from twisted.web.resource import IResource
 
 from .. import hookimpl
+from ..byteranges import UNSATISFIABLE, one_range
 from ..plugins import PluginContext
 
-#: ``Range: bytes=...`` with one range: ``first-last``, ``first-`` or ``-suffix``.
-_ONE_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
-UNSATISFIABLE = (-1, -1)
 
+class JsonError(resource.Resource):
+    """An error answered as the API answers its own: ``{"error_message": ...}``."""
 
-def one_range(header: bytes, size: int) -> tuple[int, int] | None:
-    """The byte range ``(first, last)`` a ``Range`` header asks of ``size`` bytes:
-    None to answer the whole file (no range, a malformed one, or several:
-    one answer at most, so a request cannot multiply the bytes sent), or
-    :data:`UNSATISFIABLE` for a range past the end."""
-    match = _ONE_RANGE.match(header.decode("latin-1"))
-    if match is None:
-        return None
-    first, last = match.groups()
-    if not first and not last:
-        return None
-    if not first:  # the last N bytes
-        suffix = int(last)
-        return UNSATISFIABLE if suffix == 0 or size == 0 else (max(0, size - suffix), size - 1)
-    start = int(first)
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        return UNSATISFIABLE
-    return start, min(int(last), size - 1) if last else size - 1
+    isLeaf = True
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(self.status)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps({"error_message": self.message}).encode()
 
 
 def no_clip() -> IResource:
-    return ErrorPage(404, "Not Found", "No such clip.")
+    return JsonError(404, "No such clip")
 
 
 class ClipFiles(static.File):
@@ -63,10 +55,8 @@ class ClipFiles(static.File):
             if chosen is None:
                 request.requestHeaders.removeHeader(b"range")
             elif chosen == UNSATISFIABLE:
-                request.setResponseCode(416)
                 request.setHeader(b"Content-Range", b"bytes */%d" % size)
-                request.setHeader(b"Content-Type", b"text/plain")
-                return b"Range not satisfiable\n"
+                return JsonError(416, "Range not satisfiable").render(request)
             else:
                 request.requestHeaders.setRawHeaders(b"range", [b"bytes=%d-%d" % chosen])
         return super().render_GET(request)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import hookimpl
-from ..clips.reencode import VIDEO_OPTIONS, VideoOptions, reencode, video_options
+from ..clips.reencode import MAX_SECONDS, VIDEO_OPTIONS, VideoOptions, reencode, video_options
 from ..media.mp4 import ClipResult
 from ..plugins import EncodeRequest, PluginContext
 
@@ -36,6 +36,8 @@ class TranscodeEncoder:
 
     #: The request parameters this encoder takes (get_clip keeps only these).
     options = VIDEO_OPTIONS
+    #: The longest range one re-encode may take (get_clip refuses longer ones).
+    max_seconds = MAX_SECONDS
 
     def __init__(self, context: PluginContext) -> None:
         self.context = context

@@ -52,7 +52,9 @@ __all__ = [
 #: Samples of encoder delay ("priming") of ffmpeg's native AAC encoder.
 AAC_PRIMING_SAMPLES = 1024
 
-#: libx264 presets, fastest first.
+#: The libx264 presets a request may ask for, fastest first: the slower ones
+#: (slow, slower, veryslow, placebo) cost many times the work for a few per
+#: cent of size, and one request could hold a worker for hours.
 X264_PRESETS = (
     "ultrafast",
     "superfast",
@@ -60,10 +62,16 @@ X264_PRESETS = (
     "faster",
     "fast",
     "medium",
-    "slow",
-    "slower",
-    "veryslow",
 )
+
+#: What one re-encode may make: at most 4K UHD pictures (as many pixels as
+#: 3840x2160, in either orientation), 60 frames a second, and a range of an hour.
+MAX_WIDTH, MAX_HEIGHT = 3840, 3840
+MAX_PIXELS = 3840 * 2160
+MAX_FPS = 60
+MAX_SECONDS = 3600.0
+#: Below this constant rate factor, files grow towards lossless sizes (GB a minute).
+MIN_CRF = 10
 
 #: The request parameters :func:`video_options` understands.
 VIDEO_OPTIONS = (
@@ -147,8 +155,13 @@ def _bitrate(options: Mapping[str, str], name: str, low: int, high: int) -> int 
         raise OptionError(f"{name} must be bits per second like 800k or 2M, not {raw!r}")
     value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[match.group(2).lower()]
     if not low <= value <= high:
-        raise OptionError(f"{name} must be between {low // 1000}k and {high // 10**6}M, not {raw}")
+        raise OptionError(f"{name} must be between {_rate(low)} and {_rate(high)}, not {raw}")
     return int(value)
+
+
+def _rate(bits: float) -> str:
+    """``50000`` -> ``50k``, ``50000000`` -> ``50M``, ``512000`` -> ``512k``."""
+    return f"{bits / 1e6:g}M" if bits >= 1e6 else f"{bits / 1e3:g}k"
 
 
 def _even(name: str, value: float | None) -> int | None:
@@ -162,15 +175,16 @@ def _even(name: str, value: float | None) -> int | None:
 def video_options(options: Mapping[str, str]) -> VideoOptions:
     """Validate the re-encoding parameters of a clip request.
 
-    ``size`` (``WxH``) or ``width``/``height`` (even pixels, 16-7680 and
-    16-4320; one side alone keeps the aspect ratio), ``fps`` (1-120, default:
-    the source's), ``crf`` (0-51, default 23) or ``video_bitrate`` (e.g.
-    ``800k``, 50k-50M; not both), ``audio_bitrate`` (16k-512k, default 96k),
-    ``preset`` (a libx264 preset, default ``veryfast``).  Raises
-    :class:`OptionError` naming the first bad parameter.
+    ``size`` (``WxH``) or ``width``/``height`` (even pixels, 16-3840, at most
+    3840x2160 pixels in all; one side alone keeps the aspect ratio), ``fps``
+    (1-60, default: the source's), ``crf`` (10-51, default 23) or
+    ``video_bitrate`` (e.g. ``800k``, 50k-50M; not both), ``audio_bitrate``
+    (16k-512k, default 96k), ``preset`` (a libx264 preset from ``ultrafast``
+    to ``medium``, default ``veryfast``).  Raises :class:`OptionError` naming
+    the first bad parameter.
     """
-    width = _number(options, "width", 16, 7680, integer=True)
-    height = _number(options, "height", 16, 4320, integer=True)
+    width = _number(options, "width", 16, MAX_WIDTH, integer=True)
+    height = _number(options, "height", 16, MAX_HEIGHT, integer=True)
     size = options.get("size")
     if size is not None and str(size).strip():
         if width is not None or height is not None:
@@ -179,11 +193,15 @@ def video_options(options: Mapping[str, str]) -> VideoOptions:
         if not match:
             raise OptionError(f"size must be WIDTHxHEIGHT like 1280x720, not {size!r}")
         width, height = (
-            _number({"width": match.group(1)}, "width", 16, 7680, integer=True),
-            _number({"height": match.group(2)}, "height", 16, 4320, integer=True),
+            _number({"width": match.group(1)}, "width", 16, MAX_WIDTH, integer=True),
+            _number({"height": match.group(2)}, "height", 16, MAX_HEIGHT, integer=True),
         )
-    fps = _number(options, "fps", 1, 120, integer=False)
-    crf = _number(options, "crf", 0, 51, integer=True)
+    if width is not None and height is not None and width * height > MAX_PIXELS:
+        raise OptionError(
+            f"{int(width)}x{int(height)} has more pixels than 3840x2160, the most a clip may have"
+        )
+    fps = _number(options, "fps", 1, MAX_FPS, integer=False)
+    crf = _number(options, "crf", MIN_CRF, 51, integer=True)
     video_bitrate = _bitrate(options, "video_bitrate", 50_000, 50_000_000)
     if crf is not None and video_bitrate is not None:
         raise OptionError("give crf or video_bitrate, not both")

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..errors import log_failure
+from ..media.ffmpeg import kill_leftovers
 from ..media.mp4 import SegmentPiece
 from ..plugins import ClipEncoder, EncodeRequest, StorageBackend
 from ..store import (
@@ -33,6 +34,15 @@ log = Logger(namespace="streamrec.clips")
 
 #: Seconds a job waits for a node that holds part of its recording and is gone.
 SPAN_WAIT = 600.0
+
+
+def end_leftover_encoders(scratch_dir: str) -> list[int]:
+    """Kill the encoders a dead predecessor left (they write under ``scratch_dir``,
+    which is about to be emptied); their jobs are built again."""
+    pids = kill_leftovers(os.path.abspath(scratch_dir) + os.sep)
+    if pids:
+        log.warn("ended encoders left running by a previous process: pids {pids}", pids=pids)
+    return pids
 
 
 class ClipWorker(Service):
@@ -59,7 +69,7 @@ class ClipWorker(Service):
         is_recording: Callable[[int], bool],
         notify: Callable[..., None],
         concurrency: int = 2,
-        poll_interval: float = 0.5,
+        poll_interval: float = 1.0,
         late_grace: float = 10.0,
         node: str | None = None,
         span_wait: float = SPAN_WAIT,
@@ -81,6 +91,9 @@ class ClipWorker(Service):
         self.builds: dict[int, defer.Deferred[None]] = {}
         self._loop: task.LoopingCall | None = None
         self._ticking = False
+        self._again = False  # woken during a tick: tick once more after it
+        # The next wake at the end of a waiting job's range.
+        self._next_stop: Any = None
         # Streams with pending jobs that wait for their recording to reach them.
         self.waiting: set[int] = set()
         # Nodes whose segment files this node has found it can read (a shared data dir).
@@ -89,6 +102,7 @@ class ClipWorker(Service):
     # -- service ----------------------------------------------------------
     def startService(self) -> None:
         super().startService()
+        end_leftover_encoders(self.scratch_dir)
         shutil.rmtree(self.scratch_dir, ignore_errors=True)
         os.makedirs(self.scratch_dir, exist_ok=True)
         self._loop = task.LoopingCall(self.wake)
@@ -107,7 +121,14 @@ class ClipWorker(Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self._schedule(None)
         for build in list(self.builds.values()):
+            build.cancel()
+
+    def cancel(self, job_id: int) -> None:
+        """Abandon the build of ``job_id`` (its encoder is killed), if this node runs it."""
+        build = self.builds.get(job_id)
+        if build is not None:
             build.cancel()
 
     async def _resume_interrupted(self) -> None:
@@ -124,10 +145,15 @@ class ClipWorker(Service):
 
     # -- polling -------------------------------------------------------------
     def wake(self) -> None:
-        """Look for work now (also called every poll interval)."""
-        if self._ticking or not self.running:
+        """Look for work now (also called every poll interval, when a job's range
+        ends, and when a stream that a job waits for records)."""
+        if not self.running:
+            return
+        if self._ticking:
+            self._again = True
             return
         self._ticking = True
+        self._again = False
         d = defer.ensureDeferred(self._tick())
         d.addErrback(lambda f: log_failure(log, "clip worker tick failed", f))
         d.addBoth(self._ticked)
@@ -139,21 +165,51 @@ class ClipWorker(Service):
 
     def _ticked(self, _: object) -> None:
         self._ticking = False
+        if self._again:
+            self.wake()
+
+    def _schedule(self, when: float | None) -> None:
+        """Wake at ``when`` (a job's range ends then), instead of any earlier plan."""
+        if self._next_stop is not None and self._next_stop.active():
+            self._next_stop.cancel()
+        self._next_stop = None
+        if when is not None and self.running:
+            delay = max(0.0, when - self.reactor.seconds()) + 0.05
+            self._next_stop = self.reactor.callLater(delay, self.wake)
 
     async def _tick(self) -> None:
+        """Start what can be built: a few queries, however many jobs wait for
+        ranges still to come (they wait in the database, and a timer wakes the
+        worker when the first of them ends)."""
+        await self._drop_cancelled()
+        now = self.reactor.seconds()
         waiting = set()
-        for job in await self.store.jobs_with_status(JOB_PENDING):
-            if len(self.running_jobs) >= self.concurrency:
-                waiting.add(job.stream_id)
-                continue
-            if job.id in self.running_jobs:
-                continue
-            if not await self._ready(job):
-                waiting.add(job.stream_id)
-                continue
-            self._start_build(job)
+        room = self.concurrency - len(self.running_jobs)
+        if room > 0:
+            for job in await self.store.jobs_to_build(now, room + len(self.running_jobs)):
+                if job.id in self.running_jobs or len(self.running_jobs) >= self.concurrency:
+                    continue
+                if not await self._ready(job):
+                    waiting.add(job.stream_id)
+                    continue
+                self._start_build(job)
         self.waiting = waiting
+        self._schedule(await self.store.next_job_stop(now))
         await self._planned_jobs()
+
+    async def _drop_cancelled(self) -> None:
+        """Builds of jobs that ended meanwhile (cancelled, maybe on another node)."""
+        if not self.builds:
+            return
+        statuses = await self.store.job_statuses(list(self.builds))
+        for job_id, status in statuses.items():
+            if status not in (JOB_PENDING, JOB_PROCESSING):
+                log.info(
+                    "clip job {job_id} ended ({status}): its build stops",
+                    job_id=job_id,
+                    status=status,
+                )
+                self.cancel(job_id)
 
     async def _planned_jobs(self) -> None:
         """Build the spans of planned jobs that this node can build; note the jobs

@@ -129,6 +129,46 @@ class FfmpegChild(ProcessProtocol):
         escalate(self.reactor, self.signal, self.ended, first, grace)
 
 
+def death_launcher(signal_name: str) -> list[str]:
+    """A prefix that makes the kernel send ``signal_name`` to the child when
+    streamrec dies (util-linux's ``setpriv --pdeathsig``); empty where it is
+    missing (recovery then ends what a dead service left)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", signal_name] if setpriv else []
+
+
+def kill_leftovers(argument_prefix: str) -> list[int]:
+    """SIGKILL this user's ffmpeg processes with an argument under
+    ``argument_prefix``: encoders a dead service left, whose output is thrown away."""
+    pids = find_processes(argument_prefix)
+    for pid in pids:
+        try:
+            os.kill(pid, signals.SIGKILL)
+        except OSError:
+            continue
+    return pids
+
+
+def find_processes(argument_prefix: str, own_pid: int | None = None) -> list[int]:
+    """Pids of this user's ffmpeg processes with an argument under ``argument_prefix``
+    (a directory only this service writes): what a dead service left running."""
+    found = []
+    prefix = argument_prefix.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == (own_pid or os.getpid()):
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if b"ffmpeg" in argv[0] and any(arg.startswith(prefix) for arg in argv[1:]):
+            found.append(int(entry))
+    return found
+
+
 def spawn(
     reactor: Any,
     child: FfmpegChild,
@@ -224,12 +264,14 @@ def run_ffmpeg(
     child = FfmpegChild(reactor, reader.line)
 
     def stop() -> None:
+        # What it would still write is thrown away: no reason to let it flush.
         reader.quiet = True
-        child.stop("TERM", kill_grace)
+        child.stop("KILL", kill_grace)
 
     done: defer.Deferred[None] = defer.Deferred(lambda _: stop())
     try:
-        process = spawn(reactor, child, args)
+        # If the service dies (kill -9 included), the kernel kills the encoder.
+        process = spawn(reactor, child, [*death_launcher("KILL"), *args])
     except OSError as failure:
         return defer.fail(FfmpegFailed(f"cannot run ffmpeg: {failure}"))
     process.closeStdin()

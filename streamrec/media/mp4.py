@@ -10,6 +10,12 @@ tables point at one ``mdat``, and copy the sample bytes by byte range with
 ``os.copy_file_range``.  An edit list per track hides the lead-in from the
 keyframe, so the first frame shown is the one at the requested start.
 
+Planning is apart from writing: :func:`plan_clip` returns the header bytes
+(``ftyp``, ``moov``, the ``mdat`` header) and the byte runs of the segment
+files that follow it, a :class:`ClipPlan`.  :func:`write_clip` writes a plan
+to a file (the ``copy`` clip); :mod:`streamrec.media.clipfile` reads any
+byte range of one without writing it anywhere (a virtual file).
+
 Time contract: every segment is known as ``(path, wall_start)``, where
 ``wall_start`` is the POSIX time of the presentation time of the first video
 sample in that file.  For any sample of that file::
@@ -28,14 +34,25 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-import struct
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .fmp4 import IDENTITY_MATRIX, SOUN, VIDE, Mp4Error, Segment, Track, read_segment
+from . import mp4boxes as boxes
+from .fmp4 import SOUN, VIDE, Mp4Error, Segment, Track, read_segment
 
-__all__ = ["SegmentPiece", "ClipResult", "Mp4Error", "build_clip"]
+__all__ = [
+    "ByteRun",
+    "ClipPlan",
+    "ClipResult",
+    "Mp4Error",
+    "SegmentPiece",
+    "build_clip",
+    "plan_clip",
+    "write_clip",
+]
 
 
 # --------------------------------------------------------------------------
@@ -61,8 +78,27 @@ class ClipResult:
     size: int  # bytes written
 
 
-_U32_MAX = 0xFFFFFFFF
-_MAC_EPOCH_OFFSET = 2082844800  # seconds from 1904-01-01 to 1970-01-01
+@dataclass(frozen=True)
+class ByteRun:
+    """``length`` bytes of the file ``path`` from ``offset``: a stretch of a clip's mdat."""
+
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """A clip before it is written: ``header`` (ftyp, moov, mdat header) then the
+    bytes of ``runs``, in order; ``size`` bytes in all."""
+
+    header: bytes
+    runs: tuple[ByteRun, ...]
+    start: float  # wall time of the first shown instant
+    stop: float  # wall time of the end of the clip
+    duration: float
+    size: int
+
 
 # How far (in units of the previous sample's duration, and in seconds) a
 # piece's wall-derived start may be from the end of the previous piece for the
@@ -97,6 +133,9 @@ class _Timeline:
 
     def pts(self, i: int) -> int:
         return self.t[i] + self.cto[i]
+
+    def all_pts(self) -> list[int]:
+        return [t + c for t, c in zip(self.t, self.cto)]
 
 
 def _flatten(track_role: bytes, segs: list[Segment], anchors: list[float]) -> _Timeline | None:
@@ -155,18 +194,24 @@ def _audio_lead(durations: list[int]) -> int:
     return 0
 
 
-def _check_compatible(segs: list[Segment]) -> None:
-    """Raise Mp4Error unless all segments carry the same tracks and codecs."""
+def _compatible(segs: list[Segment], until_change: bool) -> int:
+    """How many segments, from the first, carry the same tracks and codecs: all
+    of them, or raise Mp4Error at the first that differs (unless ``until_change``)."""
     ref = segs[0].init
-    for seg in segs[1:]:
+    for n, seg in enumerate(segs[1:], 1):
         for a, b in ((ref.video, seg.init.video), (ref.audio, seg.init.audio)):
             if (a is None) != (b is None):
+                if until_change:
+                    return n
                 raise Mp4Error(f"{seg.path}: mismatched tracks (audio present in only some pieces)")
             if a is not None and b is not None and (a.timescale != b.timescale or a.stsd != b.stsd):
+                if until_change:
+                    return n
                 raise Mp4Error(
                     f"{seg.path}: mismatched {a.handler.decode()} track "
                     "(different timescale or sample description)"
                 )
+    return len(segs)
 
 
 # --------------------------------------------------------------------------
@@ -191,12 +236,12 @@ def _select_video(line: _Timeline, start: float, stop: float) -> tuple[_Selectio
     Chromium) drops every frame whose pts is before the edit's media_time, so
     an unsnapped start 1 ms after a frame's pts would show the next frame.
     """
-    n = len(line.t)
-    sync_pts = [line.pts(i) for i in range(n) if line.sync[i]]
+    pts, sync = line.all_pts(), line.sync
+    sync_pts = [p for p, s in zip(pts, sync) if s]
     if not sync_pts:
         raise Mp4Error("no sync sample in the video track")
-    presentation = sorted(line.pts(i) for i in range(n))
-    end_t = max(line.pts(i) + line.duration[i] for i in range(n))
+    presentation = sorted(pts)
+    end_t = max(p + d for p, d in zip(pts, line.duration))
     if start >= end_t or stop <= sync_pts[0]:
         raise Mp4Error("no video samples in the requested range")
     start_t = max(start, sync_pts[0])
@@ -209,8 +254,9 @@ def _select_video(line: _Timeline, start: float, stop: float) -> tuple[_Selectio
     start_t = nearest
     if stop_t <= start_t:
         raise Mp4Error("no video samples in the requested range")
-    first = max(i for i in range(n) if line.sync[i] and line.pts(i) <= start_t)
-    last = max(i for i in range(n) if line.pts(i) < stop_t) + 1
+    backwards = range(len(pts) - 1, -1, -1)
+    first = next(i for i in backwards if sync[i] and pts[i] <= start_t)
+    last = next(i for i in backwards if pts[i] < stop_t) + 1
     media_time = start_t - line.t[first]
     return _Selection(line, first, last, [(stop_t - start_t, media_time)]), start_t, stop_t
 
@@ -223,14 +269,16 @@ def _select_audio(
     key_a = video.line.pts(video.first) * ts / video_ts
     start_a = round(start_t * ts / video_ts)
     stop_a = stop_t * ts / video_ts
-    kept = [
-        i
-        for i in range(len(line.t))
-        if line.pts(i) + line.duration[i] > key_a and line.pts(i) < stop_a
-    ]
-    if not kept:
+    pts, durations = line.all_pts(), line.duration
+    # The first and the last sample that overlap, looked for from either end.
+    kept = (i for i in range(len(pts)) if pts[i] + durations[i] > key_a and pts[i] < stop_a)
+    first = next(kept, None)
+    if first is None:
         return None
-    first, last = kept[0], kept[-1] + 1
+    last = next(
+        i for i in range(len(pts) - 1, -1, -1) if pts[i] + durations[i] > key_a and pts[i] < stop_a
+    )
+    last += 1
     media_time = start_a - line.t[first]
     clip_len = stop_t - start_t  # movie timescale == video timescale
     media_end = line.t[last - 1] + line.duration[last - 1] - line.t[first]
@@ -246,123 +294,6 @@ def _select_audio(
     if not edits or edits[-1][1] == -1:
         return None
     return _Selection(line, first, last, edits)
-
-
-# --------------------------------------------------------------------------
-# Box writing
-# --------------------------------------------------------------------------
-
-
-def _box(typ: bytes, *payload: bytes) -> bytes:
-    body = b"".join(payload)
-    return struct.pack(">I4s", 8 + len(body), typ) + body
-
-
-def _full(typ: bytes, version: int, flags: int, *payload: bytes) -> bytes:
-    return _box(typ, struct.pack(">I", (version << 24) | flags), *payload)
-
-
-def _run_length(values: list[int]) -> list[tuple[int, int]]:
-    """Run-length encode ``values`` as ``[(count, value)]``."""
-    runs: list[tuple[int, int]] = []
-    prev, count = None, 0
-    for v in values:
-        if v == prev:
-            count += 1
-        else:
-            if count:
-                runs.append((count, prev))  # type: ignore[arg-type]
-            prev, count = v, 1
-    if count:
-        runs.append((count, prev))  # type: ignore[arg-type]
-    return runs
-
-
-def _pack_pairs(fmt: str, pairs: list[tuple[int, int]]) -> bytes:
-    flat = [x for pair in pairs for x in pair]
-    return struct.pack(">" + fmt * len(pairs), *flat)
-
-
-def _stts(durations: list[int]) -> bytes:
-    runs = _run_length(durations)
-    return _full(b"stts", 0, 0, struct.pack(">I", len(runs)), _pack_pairs("II", runs))
-
-
-def _ctts(ctos: list[int]) -> bytes:
-    runs = _run_length(ctos)
-    version = 1 if any(v < 0 for _c, v in runs) else 0
-    return _full(
-        b"ctts",
-        version,
-        0,
-        struct.pack(">I", len(runs)),
-        _pack_pairs("Ii" if version else "II", runs),
-    )
-
-
-def _stsz(sizes: list[int]) -> bytes:
-    if sizes and all(s == sizes[0] for s in sizes):
-        return _full(b"stsz", 0, 0, struct.pack(">II", sizes[0], len(sizes)))
-    return _full(b"stsz", 0, 0, struct.pack(f">II{len(sizes)}I", 0, len(sizes), *sizes))
-
-
-def _stss(sync: list[bool]) -> bytes:
-    numbers = [i + 1 for i, s in enumerate(sync) if s]
-    return _full(b"stss", 0, 0, struct.pack(f">I{len(numbers)}I", len(numbers), *numbers))
-
-
-def _stsc(chunk_counts: list[int]) -> bytes:
-    entries: list[tuple[int, int, int]] = []
-    for i, n in enumerate(chunk_counts):
-        if not entries or entries[-1][1] != n:
-            entries.append((i + 1, n, 1))
-    flat = [x for e in entries for x in e]
-    return _full(b"stsc", 0, 0, struct.pack(f">I{len(flat)}I", len(entries), *flat))
-
-
-def _co64(offsets: list[int]) -> bytes:
-    return _full(b"co64", 0, 0, struct.pack(f">I{len(offsets)}Q", len(offsets), *offsets))
-
-
-def _elst(edits: list[tuple[int, int]]) -> bytes:
-    wide = any(d > _U32_MAX or not -(2**31) <= m < 2**31 for d, m in edits)
-    fmt = ">Qqhh" if wide else ">Iihh"
-    body = b"".join(struct.pack(fmt, d, m, 1, 0) for d, m in edits)
-    return _box(b"edts", _full(b"elst", 1 if wide else 0, 0, struct.pack(">I", len(edits)), body))
-
-
-def _times_and_duration(duration: int, extra: bytes, creation: int) -> tuple[int, bytes]:
-    """Version and ``creation, modification, <extra>, duration`` payload of a header box."""
-    if duration > _U32_MAX or creation > _U32_MAX:
-        return 1, struct.pack(">QQ", creation, creation) + extra + struct.pack(">Q", duration)
-    return 0, struct.pack(">II", creation, creation) + extra + struct.pack(">I", duration)
-
-
-def _mvhd(timescale: int, duration: int, next_track_id: int, creation: int) -> bytes:
-    version, head = _times_and_duration(duration, struct.pack(">I", timescale), creation)
-    tail = struct.pack(">ih10x", 0x10000, 0x100) + IDENTITY_MATRIX + bytes(24)
-    return _full(b"mvhd", version, 0, head, tail, struct.pack(">I", next_track_id))
-
-
-def _tkhd(track: Track, track_id: int, duration: int, creation: int) -> bytes:
-    if duration > _U32_MAX or creation > _U32_MAX:
-        version = 1
-        head = struct.pack(">QQI4xQ", creation, creation, track_id, duration)
-    else:
-        version = 0
-        head = struct.pack(">III4xI", creation, creation, track_id, duration)
-    tail = struct.pack(">8xhhh2x", track.layer, track.alternate_group, track.volume)
-    return _full(
-        b"tkhd", version, 3, head, tail, track.matrix, struct.pack(">II", track.width, track.height)
-    )
-
-
-def _mdhd(track: Track, duration: int, creation: int) -> bytes:
-    version, head = _times_and_duration(duration, struct.pack(">I", track.timescale), creation)
-    return _full(b"mdhd", version, 0, head, struct.pack(">HH", track.language, 0))
-
-
-_DINF = _box(b"dinf", _full(b"dref", 0, 0, struct.pack(">I", 1), _full(b"url ", 0, 1)))
 
 
 # --------------------------------------------------------------------------
@@ -382,44 +313,45 @@ class _Chunk:
 
 
 def _chunks(sel: _Selection) -> list[_Chunk]:
-    line, chunks = sel.line, list[_Chunk]()
-    for i in range(sel.first, sel.last):
-        c = chunks[-1] if chunks else None
-        if c and c.piece == line.piece[i] and c.offset + c.size == line.offset[i]:
-            c.size += line.size[i]
-            c.samples += 1
-        else:
-            chunks.append(_Chunk(line.piece[i], line.offset[i], line.size[i], 1))
-    return chunks
+    line, a, b = sel.line, sel.first, sel.last
+    pieces, offsets, sizes = line.piece[a:b], line.offset[a:b], line.size[a:b]
+    # Where a sample does not follow the previous one in the same file, a chunk begins.
+    starts = [0]
+    starts += [
+        i
+        for i, (p0, p1, o0, s0, o1) in enumerate(
+            zip(pieces, pieces[1:], offsets, sizes, offsets[1:]), 1
+        )
+        if p1 != p0 or o1 != o0 + s0
+    ]
+    ends = [*starts[1:], b - a]
+    return [
+        _Chunk(pieces[i], offsets[i], offsets[j - 1] + sizes[j - 1] - offsets[i], j - i)
+        for i, j in zip(starts, ends)
+    ]
 
 
 def _trak(sel: _Selection, track_id: int, chunks: list[_Chunk], creation: int) -> bytes:
     line, a, b = sel.line, sel.first, sel.last
     track = line.track
-    durations = [line.t[i + 1] - line.t[i] for i in range(a, b - 1)] + [line.duration[b - 1]]
+    times = line.t[a:b]
+    durations = [y - x for x, y in zip(times, times[1:])] + [line.duration[b - 1]]
     ctos = line.cto[a:b]
-    stbl = [track.stsd, _stts(durations)]
+    stbl = [track.stsd, boxes.stts(durations)]
     if any(ctos):
-        stbl.append(_ctts(ctos))
+        stbl.append(boxes.ctts(ctos))
     if track.handler == VIDE:
-        stbl.append(_stss(line.sync[a:b]))
+        stbl.append(boxes.stss(line.sync[a:b]))
     stbl += [
-        _stsz(line.size[a:b]),
-        _stsc([c.samples for c in chunks]),
-        _co64([c.out_offset for c in chunks]),
+        boxes.stsz(line.size[a:b]),
+        boxes.stsc([c.samples for c in chunks]),
+        boxes.co64([c.out_offset for c in chunks]),
     ]
-    minf = _box(b"minf", track.media_header, _DINF, _box(b"stbl", *stbl))
-    mdia = _box(b"mdia", _mdhd(track, sum(durations), creation), track.hdlr, minf)
+    minf = boxes.box(b"minf", track.media_header, boxes.DINF, boxes.box(b"stbl", *stbl))
+    mdia = boxes.box(b"mdia", boxes.mdhd(track, sum(durations), creation), track.hdlr, minf)
     edit_duration = sum(d for d, _m in sel.edits)
-    return _box(b"trak", _tkhd(track, track_id, edit_duration, creation), _elst(sel.edits), mdia)
-
-
-def _ftyp(video: Track) -> bytes:
-    brands = [b"isom", b"iso2", b"mp41"]
-    codec = video.stsd[20:24] if len(video.stsd) >= 24 else b""
-    if codec in (b"avc1", b"avc3"):
-        brands.insert(2, b"avc1")
-    return _box(b"ftyp", b"isom", struct.pack(">I", 0x200), *brands)
+    tkhd = boxes.tkhd(track, track_id, edit_duration, creation)
+    return boxes.box(b"trak", tkhd, boxes.edts(sel.edits), mdia)
 
 
 def _layout(
@@ -429,31 +361,123 @@ def _layout(
     per_track = [_chunks(sel) for sel in selections]
     ordered = sorted((c for cs in per_track for c in cs), key=lambda c: (c.piece, c.offset))
     payload = sum(c.size for c in ordered)
-    ftyp = _ftyp(selections[0].line.track)
-    # Sizes of moov do not depend on the offsets' values (co64 is fixed width).
-    moov = _moov(selections, per_track, movie_ts, creation)
-    mdat_header = (
-        struct.pack(">I4s", 8 + payload, b"mdat")
-        if 8 + payload <= _U32_MAX
-        else struct.pack(">I4sQ", 1, b"mdat", 16 + payload)
-    )
-    pos = len(ftyp) + len(moov) + len(mdat_header)
-    for c in ordered:
-        c.out_offset = pos
-        pos += c.size
-    moov = _moov(selections, per_track, movie_ts, creation)
-    return ftyp + moov + mdat_header, ordered
-
-
-def _moov(
-    selections: list[_Selection], per_track: list[list[_Chunk]], movie_ts: int, creation: int
-) -> bytes:
+    ftyp = boxes.ftyp(selections[0].line.track)
+    # The size of moov does not depend on the offsets' values (co64 is fixed
+    # width), and each trak ends with its co64: the traks are built once, with
+    # zero offsets, and their co64 replaced once the offsets are known.
     traks = [
         _trak(sel, i + 1, chunks, creation)
         for i, (sel, chunks) in enumerate(zip(selections, per_track))
     ]
     duration = max(sum(d for d, _m in sel.edits) for sel in selections)
-    return _box(b"moov", _mvhd(movie_ts, duration, len(selections) + 1, creation), *traks)
+    mvhd = boxes.mvhd(movie_ts, duration, len(selections) + 1, creation)
+    mdat_header = boxes.mdat_header(payload)
+    moov_size = 8 + len(mvhd) + sum(len(trak) for trak in traks)
+    pos = len(ftyp) + moov_size + len(mdat_header)
+    for c in ordered:
+        c.out_offset = pos
+        pos += c.size
+    for i, chunks in enumerate(per_track):
+        co64 = boxes.co64([c.out_offset for c in chunks])
+        traks[i] = traks[i][: -len(co64)] + co64
+    return ftyp + boxes.box(b"moov", mvhd, *traks) + mdat_header, ordered
+
+
+def _merged_runs(chunks: list[_Chunk], paths: list[str]) -> tuple[ByteRun, ...]:
+    """The chunks' bytes as runs, those adjacent both in their file and in the output merged."""
+    ranges: list[list[int]] = []
+    for c in chunks:
+        if ranges and ranges[-1][0] == c.piece and ranges[-1][1] + ranges[-1][2] == c.offset:
+            ranges[-1][2] += c.size
+        else:
+            ranges.append([c.piece, c.offset, c.size])
+    return tuple(ByteRun(paths[p], o, s) for p, o, s in ranges)
+
+
+#: Parsed segments kept for the next plans (a player asking for a nearby
+#: range reads the same segments): at most this many, about 30 KB each for
+#: 2 s of 720p, the least recently used dropped first.
+SEGMENT_CACHE = 600
+_segments: OrderedDict[tuple[str, int, int, int], Segment] = OrderedDict()
+_segments_lock = threading.Lock()
+
+
+def _segment(path: str) -> Segment:
+    """:func:`read_segment`, or its answer for the same file unchanged since."""
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise Mp4Error(f"{path}: cannot open: {e.strerror}") from e
+    key = (path, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _segments_lock:
+        found = _segments.get(key)
+        if found is not None:
+            _segments.move_to_end(key)
+            return found
+    segment = read_segment(path)
+    with _segments_lock:
+        _segments[key] = segment
+        while len(_segments) > SEGMENT_CACHE:
+            _segments.popitem(last=False)
+    return segment
+
+
+# --------------------------------------------------------------------------
+# Public: plan_clip
+# --------------------------------------------------------------------------
+
+
+def plan_clip(
+    pieces: Sequence[SegmentPiece], start: float, stop: float, *, until_change: bool = False
+) -> ClipPlan:
+    """Plan a progressive MP4 covering wall-clock ``[start, stop)``.
+
+    ``pieces`` are consecutive segments of one continuous recording (same
+    codec parameters), in order.  Video is kept from the last sync sample at
+    or before ``start`` to the sample covering ``stop``; audio samples
+    overlapping that span are kept; an edit list per track makes playback
+    begin at ``start``.  ``start`` is clamped to the first available frame
+    and snapped to the nearest frame boundary; ``stop`` is clamped to the end
+    of the last frame.  With ``until_change``, a piece whose tracks or codecs
+    differ from the first's ends the clip where it begins; otherwise it is an
+    error.  Raises :class:`Mp4Error` on unusable input or when nothing lies
+    in range.
+    """
+    if not pieces:
+        raise Mp4Error("no segments given")
+    if not stop > start:
+        raise Mp4Error(f"empty range: start {start} >= stop {stop}")
+    segs = [_segment(p.path) for p in pieces]
+    kept = _compatible(segs, until_change)
+    if kept < len(segs):
+        stop = min(stop, pieces[kept].wall_start)
+        pieces, segs = pieces[:kept], segs[:kept]
+        if not stop > start:
+            raise Mp4Error("no video samples in the requested range")
+    video_track = segs[0].init.video
+    vts = video_track.timescale
+    anchors = [p.wall_start - s.first_video_pts() / vts for p, s in zip(pieces, segs)]
+    origin = anchors[0]
+
+    video_line = _flatten(VIDE, segs, anchors)
+    assert video_line is not None  # read_segment guarantees video samples
+    video, start_t, stop_t = _select_video(
+        video_line, (start - origin) * vts, (stop - origin) * vts
+    )
+    selections = [video]
+    audio_line = _flatten(SOUN, segs, anchors)
+    if audio_line is not None:
+        audio = _select_audio(audio_line, video, start_t, stop_t, vts)
+        if audio is not None:
+            selections.append(audio)
+
+    clip_start = origin + start_t / vts
+    clip_stop = origin + stop_t / vts
+    creation = max(int(clip_start) + boxes.MAC_EPOCH_OFFSET, 0)
+    header, chunks = _layout(selections, vts, creation)
+    runs = _merged_runs(chunks, [p.path for p in pieces])
+    size = len(header) + sum(run.length for run in runs)
+    return ClipPlan(header, runs, clip_start, clip_stop, (stop_t - start_t) / vts, size)
 
 
 # --------------------------------------------------------------------------
@@ -499,19 +523,19 @@ class _Copier:
         return len(data)
 
 
-def _write_file(tmp_path: str, header: bytes, chunks: list[_Chunk], paths: list[str]) -> int:
-    """Write the header then every chunk's bytes; return the file size."""
-    fds: dict[int, int] = {}
+def _write_file(tmp_path: str, plan: ClipPlan) -> int:
+    """Write the header then every run's bytes; return the file size."""
+    fds: dict[str, int] = {}
     out = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(header)
+        view = memoryview(plan.header)
         while view:
             view = view[os.write(out, view) :]
         copier = _Copier()
-        for piece, offset, size in _merged_ranges(chunks):
-            if piece not in fds:
-                fds[piece] = os.open(paths[piece], os.O_RDONLY)
-            copier.copy(fds[piece], out, offset, size)
+        for run in plan.runs:
+            if run.path not in fds:
+                fds[run.path] = os.open(run.path, os.O_RDONLY)
+            copier.copy(fds[run.path], out, run.offset, run.length)
         return os.fstat(out).st_size
     finally:
         os.close(out)
@@ -519,73 +543,18 @@ def _write_file(tmp_path: str, header: bytes, chunks: list[_Chunk], paths: list[
             os.close(fd)
 
 
-def _merged_ranges(chunks: list[_Chunk]) -> list[tuple[int, int, int]]:
-    """Merge chunks that are adjacent both in their source file and in the output."""
-    ranges: list[list[int]] = []
-    for c in chunks:
-        if ranges and ranges[-1][0] == c.piece and ranges[-1][1] + ranges[-1][2] == c.offset:
-            ranges[-1][2] += c.size
-        else:
-            ranges.append([c.piece, c.offset, c.size])
-    return [(p, o, s) for p, o, s in ranges]
-
-
 # --------------------------------------------------------------------------
-# Public: build_clip
+# Public: write_clip, build_clip
 # --------------------------------------------------------------------------
 
 
-def build_clip(
-    pieces: Sequence[SegmentPiece], start: float, stop: float, out_path: str
-) -> ClipResult:
-    """Write a progressive MP4 covering wall-clock ``[start, stop)``.
-
-    ``pieces`` are consecutive segments of one continuous recording (same
-    codec parameters), in order.  Video is kept from the last sync sample at
-    or before ``start`` to the sample covering ``stop``; audio samples
-    overlapping that span are kept; an edit list per track makes playback
-    begin at ``start``.  ``start`` is clamped to the first available frame
-    and snapped to the nearest frame boundary; ``stop`` is clamped to the end
-    of the last frame.  The file is written under a temporary name next to
-    ``out_path`` and renamed into place.  Raises :class:`Mp4Error` on unusable
-    input or when nothing lies in range.
-    """
-    if not pieces:
-        raise Mp4Error("no segments given")
-    if not stop > start:
-        raise Mp4Error(f"empty range: start {start} >= stop {stop}")
-    segs = [read_segment(p.path) for p in pieces]
-    _check_compatible(segs)
-    video_track = segs[0].init.video
-    vts = video_track.timescale
-    anchors = [p.wall_start - s.first_video_pts() / vts for p, s in zip(pieces, segs)]
-    origin = anchors[0]
-
-    video_line = _flatten(VIDE, segs, anchors)
-    assert video_line is not None  # read_segment guarantees video samples
-    video, start_t, stop_t = _select_video(
-        video_line, (start - origin) * vts, (stop - origin) * vts
-    )
-    selections = [video]
-    audio_line = _flatten(SOUN, segs, anchors)
-    if audio_line is not None:
-        audio = _select_audio(audio_line, video, start_t, stop_t, vts)
-        if audio is not None:
-            selections.append(audio)
-
-    clip_start = origin + start_t / vts
-    clip_stop = origin + stop_t / vts
-    creation = max(int(clip_start) + _MAC_EPOCH_OFFSET, 0)
-    header, chunks = _layout(selections, vts, creation)
-    size = _write_atomically(out_path, header, chunks, [p.path for p in pieces])
-    return ClipResult(clip_start, clip_stop, (stop_t - start_t) / vts, size)
-
-
-def _write_atomically(out_path: str, header: bytes, chunks: list[_Chunk], paths: list[str]) -> int:
+def write_clip(plan: ClipPlan, out_path: str) -> ClipResult:
+    """Write ``plan`` to ``out_path``, under a temporary name next to it renamed
+    into place."""
     directory, name = os.path.split(os.path.abspath(out_path))
     tmp_path = os.path.join(directory, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        size = _write_file(tmp_path, header, chunks, paths)
+        size = _write_file(tmp_path, plan)
         os.replace(tmp_path, out_path)
     except BaseException:
         try:
@@ -593,4 +562,13 @@ def _write_atomically(out_path: str, header: bytes, chunks: list[_Chunk], paths:
         except FileNotFoundError:
             pass
         raise
-    return size
+    return ClipResult(plan.start, plan.stop, plan.duration, size)
+
+
+def build_clip(
+    pieces: Sequence[SegmentPiece], start: float, stop: float, out_path: str
+) -> ClipResult:
+    """Write a progressive MP4 covering wall-clock ``[start, stop)`` to ``out_path``:
+    :func:`plan_clip` (which says how ``start`` and ``stop`` are kept), then
+    :func:`write_clip`."""
+    return write_clip(plan_clip(pieces, start, stop), out_path)

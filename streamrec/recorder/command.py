@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
+import re
 from dataclasses import dataclass
 
+from ..media.ffmpeg import death_launcher
 from ..sources import input_options
 from .layout import SEGMENT_PATTERN
 
@@ -52,8 +53,16 @@ ERROR_WORDS = (
 )
 
 
+#: ffmpeg's word for a demuxer it may not use (``-format_whitelist``).
+_REFUSED_FORMAT = re.compile(r"\[(\w+) @ [^\]]*\] Format not on whitelist")
+
+
 def explain(lines: list[str]) -> str:
     """The most telling of ffmpeg's last stderr lines."""
+    for line in lines:
+        refused = _REFUSED_FORMAT.search(line)
+        if refused:
+            return f"the source is {refused.group(1)}, not a live video format streamrec records"
     meaningful = [line for line in lines if line.strip()]
     for line in reversed(meaningful):
         lowered = line.lower()
@@ -156,6 +165,31 @@ def input_audio(lines: list[str]) -> str | None:
     return None
 
 
+_INPUT = re.compile(r"^Input #0, (.+?), from ")
+_DURATION = re.compile(r"^\s+Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def source_end(lines: list[str]) -> str | None:
+    """Why recording this source again is pointless once ffmpeg read it to its end,
+    from its ``Input #0`` report: a source with a length (an HLS playlist that
+    has its ``#EXT-X-ENDLIST``, a file served over HTTP) is not live. None for a
+    live source, whose duration ffmpeg reports as ``N/A``."""
+    kind = None
+    for line in lines:
+        found = _INPUT.match(line)
+        if found:
+            kind = found.group(1)
+        elif kind is not None and (length := _DURATION.match(line)):
+            hours, minutes, seconds = length.groups()
+            total = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            if total <= 0:  # live FLV over RTMP may say 0
+                return None
+            if kind == "hls":
+                return "the source ended (HLS playlist with EXT-X-ENDLIST)"
+            return f"the source ended (a {kind.split(',')[0]} file of {total:g} s, not live)"
+    return None
+
+
 def is_segmenter(argv: list[bytes]) -> bool:
     """Whether a process command line (``/proc/PID/cmdline`` split at NULs) is a
     segmenter's: ffmpeg writing its segment list to stdout."""
@@ -169,5 +203,4 @@ def parent_death_launcher() -> list[str]:
     until the disk is full; the next start indexes what it left. Empty where
     util-linux's ``setpriv`` is missing (the next start ends leftovers then).
     """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "INT"] if setpriv else []
+    return death_launcher("INT")

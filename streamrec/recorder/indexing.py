@@ -11,6 +11,10 @@ few milliseconds: the API answers between them. A decode (PyAV, which lets
 the GIL go) runs in a thread. Where a good one lies on
 the wall clock is :mod:`streamrec.recorder.timeline`'s business; the caller
 then adds it to the store.
+
+Only a file found bad is quarantined. One that cannot be read for a moment
+(no descriptor left while a flood of connections holds them, no memory) is
+tried again with backoff, and left in place, unjudged, if that lasts.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .layout import SegmentLayout
-from .validate import InvalidSegment, inspect_segment, validate_segment
+from .validate import InvalidSegment, inspect_segment, transient, validate_segment
 
 log = Logger(namespace="streamrec.recorder")
 
@@ -35,6 +40,23 @@ DECODE_EVERY = 500
 
 #: Seconds of segment reading at most before the reactor gets its turn.
 SLICE = 0.004
+
+#: Waits between tries of a file that could not be read for a moment: from
+#: the first, doubling up to the cap, for this long in all.
+RETRY_FIRST = 0.05
+RETRY_CAP = 2.0
+RETRY_FOR = 60.0
+
+
+def retry_delays(
+    first: float = RETRY_FIRST, cap: float = RETRY_CAP, total: float = RETRY_FOR
+) -> Iterator[float]:
+    """Capped exponential waits that add up to ``total`` at most."""
+    delay, waited = first, 0.0
+    while waited + delay <= total:
+        yield delay
+        waited += delay
+        delay = min(cap, delay * 2)
 
 
 def paced(reactor: Any, slice_seconds: float = SLICE) -> task.Cooperator:
@@ -84,6 +106,8 @@ class SegmentChecker:
         inspect: Callable[[str, float], tuple[float, float, list[str]]] = inspect_segment,
         decode_every: int = DECODE_EVERY,
         cooperator: task.Cooperator | None = None,
+        clock: IReactorTime | None = None,
+        retry_for: float = RETRY_FOR,
     ) -> None:
         self.layout = layout
         self.run_blocking = run_blocking
@@ -99,15 +123,62 @@ class SegmentChecker:
         self.cooperator = cooperator
         self._to_inspect: deque[tuple[str, defer.Deferred[Any]]] = deque()
         self._inspecting = False
+        # Waits between tries of a file not readable for now (none without a clock).
+        self.clock = clock
+        self.retry_for = retry_for if clock is not None else 0.0
+        #: files that could not be read at a first try, and then were
+        self.retried = 0
+        #: files being tried again now, for want of descriptors or memory
+        self.waiting = 0
 
     async def check(self, path: str, who: str = "", thorough: bool = False) -> Checked:
         """Validate ``path``; a bad segment is moved to quarantine (and logged).
 
         The structure of every segment is checked; every ``thorough`` check,
-        and one in ``decode_every`` of the others, also decodes a frame.
+        and one in ``decode_every`` of the others, also decodes a frame. A
+        file that cannot be read for now (:func:`~.validate.transient`) is
+        tried again, with backoff, for ``retry_for`` seconds at most.
         """
         self.checked += 1
         decode = thorough or self.checked % self.decode_every == 1
+        delays = retry_delays(total=self.retry_for)
+        tries = 1
+        while True:
+            try:
+                checked = await self._check(path, who, decode)
+            except (OSError, MemoryError) as failure:
+                delay = next(delays, None) if transient(failure) else None
+                if delay is None:
+                    log.warn(
+                        "{who}segment {path} not indexed, left in place: {failure}{tries}",
+                        who=who,
+                        path=path,
+                        failure=failure,
+                        tries=f" ({tries} tries)" if tries > 1 else "",
+                    )
+                    return Checked(path, problem=str(failure) or type(failure).__name__)
+                if tries == 1:
+                    log.info(
+                        "{who}segment {path} not readable for now, trying again: {failure}",
+                        who=who,
+                        path=path,
+                        failure=failure,
+                    )
+                tries += 1
+                assert self.clock is not None  # delays come only with a clock
+                self.waiting += 1
+                try:
+                    await task.deferLater(self.clock, delay, lambda: None)
+                finally:
+                    self.waiting -= 1
+                continue
+            if tries > 1:
+                self.retried += 1
+                log.info("{who}segment {path} read at try {tries}", who=who, path=path, tries=tries)
+            return checked
+
+    async def _check(self, path: str, who: str, decode: bool) -> Checked:
+        """One try: the file's verdict; OSError if it could not be read."""
         try:
             size = os.path.getsize(path)
             if size == 0:
@@ -123,11 +194,6 @@ class SegmentChecker:
                     first, end = await self._validated(path, True)
         except InvalidSegment as failure:
             return self._set_aside(path, str(failure), who)
-        except OSError as failure:
-            log.warn(
-                "{who}segment {path} not indexed: {failure}", who=who, path=path, failure=failure
-            )
-            return Checked(path, problem=str(failure))
         return Checked(path, first, end, size)
 
     def _inspected(self, path: str) -> defer.Deferred[Any]:

@@ -2,19 +2,21 @@
 
 Follows Twisted's procmon: restart with capped exponential backoff (with
 jitter) while the stream stays started, SIGINT then a delayed SIGKILL to stop,
-pending calls cancelled on stop, every child line logged with the stream id.
-Where the segments lie on the wall clock is :mod:`.timeline`'s arithmetic;
-checking a closed segment is :mod:`.indexing`'s; the supervisor applies them.
+pending calls cancelled on stop, the child's lines logged with the stream id
+(masked and within a budget: :mod:`.childlog`). A source that ends because it
+has a length (a finished HLS playlist) is not launched again: the recorder is
+``ended``. Where the segments lie on the wall clock is :mod:`.timeline`'s
+arithmetic; checking a closed segment is :mod:`.indexing`'s; the supervisor
+applies them.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -22,9 +24,11 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..errors import CannotStart, DatabaseUnavailable
+from ..errors import CannotStart, DatabaseUnavailable, InvalidSource
 from ..media.ffmpeg import FfmpegChild, spawn
+from ..sources import mask_secrets, validate_source_url
 from ..store import SqlStore
+from .childlog import ChildLog, clean
 from .command import (
     DISK_FULL_WORDS,
     MAX_PROBE_SECONDS,
@@ -35,10 +39,12 @@ from .command import (
     input_audio,
     needs_longer_probe,
     segmenter_args,
+    source_end,
 )
 from .indexing import Checked, SegmentChecker
 from .journal import JOURNALED, SegmentJournal
 from .layout import SegmentLayout, segment_index
+from .run import Backoff, Run
 from .timeline import RunClock
 
 log = Logger(namespace="streamrec.recorder")
@@ -48,6 +54,8 @@ STARTING = "starting"
 RECORDING = "recording"
 RECONNECTING = "reconnecting"
 DISK_FULL = "disk_full"
+#: The source ended and is not live (a finished HLS playlist): not recorded again.
+ENDED = "ended"
 
 #: Seconds before a run that recorded is launched again after it ended.
 QUICK_RESTART = 0.1
@@ -66,57 +74,6 @@ class RecorderListener(Protocol):
     def disk_full(self, stream_id: int) -> None: ...
 
     def audio_found(self, stream_id: int, codec: str) -> None: ...
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with jitter."""
-
-    initial: float = 1.0
-    factor: float = 2.0
-    cap: float = 30.0
-    jitter: float = 0.2
-    rng: Callable[[], float] = random.random
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.initial * self.factor**self.attempt)
-        self.attempt += 1
-        return delay * (1 - self.jitter + 2 * self.jitter * self.rng())
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-@dataclass
-class Run:
-    """One ffmpeg process of a recorder: its directory, clock and indexing chain."""
-
-    run_id: int
-    directory: str
-    clock: RunClock
-    child: FfmpegChild
-    copy_audio: bool = False
-    # ffmpeg's report of its input, collected until it is complete.
-    input_report: list[str] | None = None
-    # Ended on purpose before it recorded, to launch again with other audio options.
-    relaunch: str | None = None
-    last_index: int = -1
-    segments: int = 0
-    opened: bool = False
-    disk_full: str | None = None
-    stall: str | None = None
-    # Segments closed before the clock settled: (name, media start, media end).
-    held: list[tuple[str, float, float]] = field(default_factory=list)
-    stderr_tail: list[str] = field(default_factory=list)
-    waiters: list[defer.Deferred[None]] = field(default_factory=list)
-    done: defer.Deferred[None] = field(default_factory=defer.Deferred)
-    # Indexing steps run one after the other, in the order ffmpeg reported them.
-    chain: defer.Deferred[None] = field(default_factory=lambda: defer.succeed(None))
-
-    @property
-    def exited(self) -> bool:
-        return self.child.exited
 
 
 class Recorder:
@@ -169,11 +126,15 @@ class Recorder:
         self.state = STOPPED
         self.last_error: str | None = None
         self.reconnects = 0
+        #: runs that recorded, then ended by themselves; bad segments set aside
+        self.restarts = 0
+        self.quarantined = 0
         self.run: Run | None = None
         self._launching: defer.Deferred[None] | None = None
         self._restart_call: IDelayedCall | None = None
         self._stall_call: IDelayedCall | None = None
         self._who = f"stream {stream_id}: "
+        self.child_log = ChildLog(reactor, stream_id)
 
     # -- helpers ----------------------------------------------------------
     def now(self) -> float:
@@ -183,6 +144,7 @@ class Recorder:
         log.failure("stream {stream_id}: {what}", failure, stream_id=self.stream_id, what=what)
 
     def _set_state(self, state: str, error: str | None = None) -> None:
+        error = None if error is None else mask_secrets(error)
         changed = state != self.state or (error is not None and error != self.last_error)
         self.state = state
         if error is not None:
@@ -252,6 +214,7 @@ class Recorder:
         if run is not None:
             self._interrupt(run)
             await run.done
+        self.child_log.flush()
         if not self.wanted:
             self._set_state(STOPPED)
 
@@ -286,6 +249,11 @@ class Recorder:
         run = self.run
         if run is None or run.exited or not self.wanted:
             return
+        if self.checker.waiting:
+            # Segments close but cannot be read for now (the box is short of
+            # descriptors): ffmpeg is not what is stuck, and they are retried.
+            self._arm_watchdog()
+            return
         run.stall = f"no new segment for {self.stall_timeout:g} s: restarting ffmpeg"
         log.warn("stream {stream_id}: {why}", stream_id=self.stream_id, why=run.stall)
         self._interrupt(run)
@@ -301,6 +269,10 @@ class Recorder:
             launching.callback(None)
 
     async def _spawn(self) -> Run:
+        try:
+            validate_source_url(self.url)  # also a stream created under older rules
+        except InvalidSource as refused:
+            raise CannotStart(f"Invalid URL: {refused}") from None
         try:
             run_id = await self.store.open_run(self.stream_id, self.now(), self.node, self.epoch)
         except Exception as failure:
@@ -322,10 +294,11 @@ class Recorder:
             raise CannotStart(f"cannot run ffmpeg: {failure}") from failure
         self.run = run
         log.info(
-            "stream {stream_id}: ffmpeg pid {pid} run {run_id} recording into {directory}",
+            "stream {stream_id}: ffmpeg pid {pid} run {run_id} recording {url} into {directory}",
             stream_id=self.stream_id,
             pid=run.child.pid,
             run_id=run_id,
+            url=mask_secrets(self.url),
             directory=directory,
         )
         return run
@@ -365,7 +338,7 @@ class Recorder:
             name, start, end = next(csv.reader([line]))
             media_start, media_end = float(start), float(end)
         except (ValueError, StopIteration):
-            self._log_child(line)
+            self.child_log.write(clean(line))
             return
         self._observe(run, media_end)
         if run.clock.settled:
@@ -385,13 +358,14 @@ class Recorder:
             self._opened(run)
 
     def _log_line(self, run: Run, line: str) -> None:
+        line = clean(line)  # ffmpeg quotes the URL, password and all
         if run.input_report is not None or line.startswith("Input #0"):
             self._input_line(run, line)
         if any(words in line.lower() for words in DISK_FULL_WORDS):
             run.disk_full = line.strip()
         run.stderr_tail.append(line)
         del run.stderr_tail[:-20]
-        self._log_child(line)
+        self.child_log.write(line)
 
     def _input_line(self, run: Run, line: str) -> None:
         """Collect ffmpeg's report of its input; once complete, learn the source's
@@ -402,6 +376,7 @@ class Recorder:
         if codec is None and len(report) < MAX_INPUT_REPORT:
             return
         run.input_report = None
+        run.source_end = source_end(report)
         if codec is None:
             return
         if codec != self.source_audio:
@@ -414,12 +389,6 @@ class Recorder:
         elif not run.opened:
             run.opened = True
             self._opened(run)
-
-    def _log_child(self, line: str) -> None:
-        # The segment muxer's "Opening 'seg000123.mp4' for writing", once per
-        # segment, says nothing the index does not.
-        if line.strip() and not line.endswith("' for writing"):
-            log.debug("stream {stream_id}: {line}", stream_id=self.stream_id, line=line)
 
     def _opened(self, run: Run) -> None:
         if run is not self.run or not self.wanted:
@@ -475,7 +444,10 @@ class Recorder:
         if run is self.run:
             self._disarm_watchdog()
         exit_code = getattr(reason, "exitCode", None)
-        why = run.stall or explain(run.stderr_tail)
+        # ffmpeg read a source that has a length to its end: launching it again
+        # would record the same video once more.
+        ended = run.source_end if exit_code == 0 and not run.stall else None
+        why = run.stall or ended or explain(run.stderr_tail)
         waiters, run.waiters = run.waiters, []
         try:
             await self._index_trailing(run)
@@ -484,19 +456,27 @@ class Recorder:
             for waiter in waiters:
                 waiter.errback(CannotStart(why))
             if run is self.run and self.wanted and not waiters:
-                # Recording ended by itself: reconnect (a failed first start is
-                # reported by start() instead). A run that recorded is launched
-                # again at once: the archive has a gap until it is.
-                if run.disk_full:
-                    self._set_state(DISK_FULL, f"disk full: {run.disk_full}")
-                    self.listener.disk_full(self.stream_id)
+                # Recording ended by itself (a failed first start is reported by
+                # start() instead).
+                if ended:
+                    self._set_state(ENDED, ended)
                 else:
-                    self._set_state(RECONNECTING, why)
-                if run.segments:
-                    self.backoff.reset()
-                    self._schedule_restart(QUICK_RESTART)
-                else:
-                    self._schedule_restart()
+                    self._reconnect(run, why)
+
+    def _reconnect(self, run: Run, why: str) -> None:
+        """Launch again after a run ended by itself: at once if it recorded (the
+        archive has a gap until then), else after the backoff."""
+        self.restarts += run.opened
+        if run.disk_full:
+            self._set_state(DISK_FULL, f"disk full: {run.disk_full}")
+            self.listener.disk_full(self.stream_id)
+        else:
+            self._set_state(RECONNECTING, why)
+        if run.segments:
+            self.backoff.reset()
+            self._schedule_restart(QUICK_RESTART)
+        else:
+            self._schedule_restart()
 
     def _probe_longer(self) -> float | None:
         """Probe sources twice as long from now on; the new length, or None at the cap."""
@@ -549,6 +529,7 @@ class Recorder:
         # The first segment of a run is decoded: a source's new settings show there.
         checked: Checked = await self.checker.check(path, self._who, thorough=not run.segments)
         if not checked.ok:
+            self.quarantined += checked.quarantined_to is not None
             return
         await self._reanchor(run)
         start, end = run.clock.place(checked.duration, media_end)

@@ -8,9 +8,16 @@ in the sample entry, and a key frame first. A segment that passes all of
 that decodes; a decode (PyAV, one frame) is still run when the parameter
 sets may be in band, when the first sample is not a key frame, or when the
 caller asks for one (a sample of segments, and every file recovery finds).
+
+A file that cannot be read is not judged: the ``OSError`` goes to the
+caller, who tries again later when it is a shortage that passes
+(:func:`transient`: no descriptor or memory left for a moment), and never
+quarantines a segment for it.
 """
 
 from __future__ import annotations
+
+import errno
 
 import av
 
@@ -20,6 +27,29 @@ from ..media.sampleentry import video_config
 
 class InvalidSegment(Exception):
     """A segment that must not be served; the message says why."""
+
+
+#: errno values of a shortage of this process or of the system that passes:
+#: descriptors (a flood of connections), memory, buffers, a lock, a signal.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.EAGAIN,
+        errno.EWOULDBLOCK,
+        errno.EINTR,
+        errno.ENOBUFS,
+        errno.EBUSY,
+    }
+)
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` says the file could not be read for now, not that it is bad."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
 
 
 def structure_problems(segment: Segment) -> tuple[list[str], list[str]]:
@@ -50,6 +80,10 @@ def inspect_segment(path: str, max_duration: float) -> tuple[float, float, list[
     try:
         segment = read_segment(path)
     except Mp4Error as error:
+        if isinstance(error.__cause__, OSError):
+            # It could not be opened (read_segment says "cannot open"): that is
+            # no verdict on the file.
+            raise error.__cause__ from None
         raise InvalidSegment(str(error)) from None
     first, end = segment.span()
     duration = end - first
@@ -70,11 +104,14 @@ def validate_segment(path: str, max_duration: float, decode: bool = False) -> tu
 
 
 def decodes(path: str) -> None:
-    """Raise InvalidSegment unless a video frame of ``path`` decodes."""
+    """Raise InvalidSegment unless a video frame of ``path`` decodes; an
+    ``OSError`` (PyAV's carry an errno) if it could not be read."""
     try:
         with av.open(path) as container:
             for _frame in container.decode(video=0):
                 return
     except av.FFmpegError as error:
+        if isinstance(error, (OSError, MemoryError)):
+            raise
         raise InvalidSegment(f"{path}: {error}") from None
     raise InvalidSegment(f"{path}: no video frame decodes")

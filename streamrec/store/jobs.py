@@ -8,7 +8,17 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from .records import JOB_DONE, JOB_EXPIRED, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, SpanTask
+from ..errors import ClipQueueFull
+from .records import (
+    JOB_DONE,
+    JOB_EXPIRED,
+    JOB_FAILED,
+    JOB_PENDING,
+    JOB_PROCESSING,
+    Clip,
+    ClipJob,
+    SpanTask,
+)
 from .steps import Insert, Lock, Query, Steps, T
 
 #: Lock namespaces (:class:`~.steps.Lock`): find-or-create, finishing a span.
@@ -66,6 +76,7 @@ class JobQueries:
         encoder: str,
         options: dict[str, Any],
         now: float,
+        max_unfinished: int | None = None,
     ) -> Steps[tuple[ClipJob, bool]]:
         encoded = json.dumps(options, sort_keys=True)
         # The same request from two connections at once makes one job.
@@ -81,6 +92,16 @@ class JobQueries:
         rows = yield Query(query + " ORDER BY id DESC LIMIT 1", params)
         if rows:
             return (yield from self._job(rows[0])), False
+        if max_unfinished is not None:
+            counted = yield Query(
+                "SELECT COUNT(*) FROM clip_jobs WHERE status IN (?, ?)",
+                (JOB_PENDING, JOB_PROCESSING),
+            )
+            if int(counted[0][0]) >= max_unfinished:
+                raise ClipQueueFull(
+                    f"{counted[0][0]} clip jobs are not finished (at most {max_unfinished});"
+                    " ask again later"
+                )
         job_id = yield Insert(
             "INSERT INTO clip_jobs (stream_id, start_time, stop_time, stop_given, encoder,"
             " options, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -107,14 +128,19 @@ class JobQueries:
         encoder: str,
         options: dict[str, Any],
         now: float,
+        max_unfinished: int | None = None,
     ) -> tuple[ClipJob, bool]:
         """The job for this request, created if new; ``(job, created)``.
 
         A request without ``stop`` matches the earlier request without
         ``stop`` for the same ``start``; a new one ends at ``default_stop``.
+        A new job is refused (:class:`~streamrec.errors.ClipQueueFull`) while
+        ``max_unfinished`` jobs are pending or being built.
         """
         return await self._transaction(
-            self._find_or_create_job(stream_id, start, stop, default_stop, encoder, options, now)
+            self._find_or_create_job(
+                stream_id, start, stop, default_stop, encoder, options, now, max_unfinished
+            )
         )
 
     def _get_job(self, job_id: int) -> Steps[ClipJob]:
@@ -137,6 +163,55 @@ class JobQueries:
 
     async def jobs_with_status(self, *statuses: str) -> list[ClipJob]:
         return await self._transaction(self._jobs_with_status(statuses))
+
+    async def jobs_to_build(self, now: float, limit: int) -> list[ClipJob]:
+        """Pending jobs that may be built now, oldest first, ``limit`` at most:
+        those whose range has ended by ``now``, and those of streams that no
+        longer record (their recording will not reach further). A job for a
+        range still to come costs nothing here until its time."""
+        return await self._transaction(self._jobs_to_build(now, limit))
+
+    def _jobs_to_build(self, now: float, limit: int) -> Steps[list[ClipJob]]:
+        rows = yield Query(
+            f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE status = ? AND (stop_time <= ?"
+            " OR stream_id IN (SELECT id FROM streams WHERE wanted = 0)) ORDER BY id LIMIT ?",
+            (JOB_PENDING, now, limit),
+        )
+        jobs = []
+        for row in rows:
+            jobs.append((yield from self._job(row)))
+        return jobs
+
+    async def next_job_stop(self, now: float) -> float | None:
+        """When the next pending job's range ends, after ``now`` (None: no such job)."""
+        rows = await self._query(
+            "SELECT MIN(stop_time) FROM clip_jobs WHERE status = ? AND stop_time > ?",
+            (JOB_PENDING, now),
+        )
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    async def job_statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" for _ in job_ids)
+        rows = await self._query(
+            f"SELECT id, status FROM clip_jobs WHERE id IN ({marks})", tuple(job_ids)
+        )
+        return {job_id: status for job_id, status in rows}
+
+    async def cancel_job(self, job_id: int, now: float, message: str) -> bool:
+        """Fail a pending or processing job with ``message``; False if it had ended."""
+        rows = await self._query(
+            "UPDATE clip_jobs SET status = ?, error_message = ?, waiting_for = NULL,"
+            " updated_at = ? WHERE id = ? AND status IN (?, ?) RETURNING id",
+            (JOB_FAILED, message, now, job_id, JOB_PENDING, JOB_PROCESSING),
+        )
+        return bool(rows)
+
+    async def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each status, in one query (the status index)."""
+        rows = await self._query("SELECT status, COUNT(*) FROM clip_jobs GROUP BY status")
+        return {status: count for status, count in rows}
 
     async def set_job_status(
         self,

@@ -17,6 +17,7 @@ from .records import (
     Stream,
     Totals,
 )
+from .spans import SpanQueries
 from .steps import Driver, Insert, Lock, Query, Steps, T
 
 #: Seconds no indexed segment is longer than (the recorder refuses longer ones).
@@ -44,12 +45,14 @@ def _split_statements(script: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
-class SqlStore(JobQueries, LeaseQueries):
+class SqlStore(JobQueries, LeaseQueries, SpanQueries):
     """The store over a :class:`~.steps.Driver` (SQLite or PostgreSQL).
 
     SQL is written once, with ``?`` placeholders and types both engines
     share; the driver runs it in its dialect.
     """
+
+    _longest_segment = LONGEST_SEGMENT
 
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
@@ -277,7 +280,10 @@ class SqlStore(JobQueries, LeaseQueries):
             f" WHERE id IN ({marks}) GROUP BY stream_id",
             tuple(segment_ids),
         )
-        yield Query(f"DELETE FROM segments WHERE id IN ({marks})", tuple(segment_ids))
+        removed = yield Query(
+            f"DELETE FROM segments WHERE id IN ({marks}) RETURNING stream_id, start_time, end_time",
+            tuple(segment_ids),
+        )
         for stream_id, count, seconds, size in gone:
             yield Query(
                 "UPDATE stream_totals SET segments = segments - ?, seconds = seconds - ?,"
@@ -285,6 +291,7 @@ class SqlStore(JobQueries, LeaseQueries):
                 (count, seconds, size, stream_id),
             )
             yield from self._refresh_ends(stream_id)
+        yield from self._spans_removed(removed)
 
     def _refresh_ends(self, stream_id: int) -> Steps[None]:
         """Recompute a stream's first and last recorded instants (two index lookups:
@@ -300,7 +307,7 @@ class SqlStore(JobQueries, LeaseQueries):
         )
 
     async def delete_segments(self, segment_ids: Sequence[int]) -> None:
-        """Delete segment rows; the streams' totals follow in the same transaction."""
+        """Delete segment rows; the streams' totals and spans follow in the same transaction."""
         if segment_ids:
             await self._transaction(self._delete_segments(segment_ids))
 
@@ -358,12 +365,13 @@ class SqlStore(JobQueries, LeaseQueries):
             " WHERE stream_id = ?",
             (end - start, size, start, start, end, end, stream_id),
         )
+        yield from self._span_added(stream_id, start, end)
         return segment_id
 
     async def add_segment(
         self, stream_id: int, run_id: int, path: str, start: float, end: float, size: int
     ) -> int | None:
-        """Index a segment; the stream's totals follow in the same transaction.
+        """Index a segment; the stream's totals and spans follow in the same transaction.
         None: refused, because a newer owner of the stream has recorded that time.
 
         Segments that arrive while an insert is in flight go in together in
@@ -415,9 +423,17 @@ class SqlStore(JobQueries, LeaseQueries):
         rows = yield Query("SELECT stream_id FROM runs WHERE id = ?", (run_id,))
         if rows:
             yield from self._refresh_ends(rows[0][0])
+        moved = yield Query(
+            "SELECT stream_id, MIN(start_time), MAX(end_time) FROM segments WHERE run_id = ?"
+            " GROUP BY stream_id",
+            (run_id,),
+        )
+        for stream_id, low, high in moved:  # the time the run left and the time it took
+            yield from self._respan(stream_id, min(low, low - delta), max(high, high - delta))
 
     async def shift_run(self, run_id: int, delta: float) -> None:
-        """Move every segment of a run by ``delta`` seconds (a better clock anchor)."""
+        """Move every segment of a run by ``delta`` seconds (a better clock anchor);
+        the stream's spans follow."""
         await self._transaction(self._shift_run(run_id, delta))
 
     async def segments_between(self, stream_id: int, start: float, stop: float) -> list[Segment]:

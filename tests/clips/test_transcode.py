@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from streamrec.builtin.transcode_encoder import TranscodeEncoder, video_filters
 from streamrec.clips.reencode import OptionError, video_options
 from streamrec.errors import BadRequest
-from streamrec.media.ffmpeg import FfmpegChild, FfmpegFailed, run_ffmpeg
+from streamrec.media.ffmpeg import FfmpegChild, FfmpegFailed, death_launcher, run_ffmpeg
 
 from ..support.harness import Service, ServiceTestCase, decode, sleep, until
 from ..support.livesource import FPS, RtspServer, UdpTsSource
@@ -87,7 +87,8 @@ class ProgressTests(unittest.SynchronousTestCase):
         seen: list[float] = []
         d = run_ffmpeg(reactor, ["ffmpeg", "-i", "x"], duration, seen.append)
         [(args, transport)] = reactor.spawned
-        self.assertEqual(args, ["ffmpeg", "-i", "x"])
+        # The kernel kills the encoder if the service dies (kill -9 included).
+        self.assertEqual(args, [*death_launcher("KILL"), "ffmpeg", "-i", "x"])
         self.assertTrue(transport.stdin_closed)
         return reactor, transport, seen, d
 
@@ -124,15 +125,11 @@ class ProgressTests(unittest.SynchronousTestCase):
         self.assertNotIn("0x5652", message)
         self.assertIn("invalid preset 'bogus'", message)
 
-    def test_cancel_terminates_then_kills(self):
+    def test_cancel_kills_at_once(self):
         reactor, transport, seen, d = self.run_fake()
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(transport.signals, ["TERM"])
-        reactor.advance(1)
-        self.assertEqual(transport.signals, ["TERM"])
-        reactor.advance(5)
-        self.assertEqual(transport.signals, ["TERM", "KILL"])
+        self.assertEqual(transport.signals, ["KILL"])  # its output is thrown away
         transport.exit(None, signal=9)  # the late end does not fire d again
         self.assertEqual(reactor.triggers, {})
 
@@ -140,9 +137,9 @@ class ProgressTests(unittest.SynchronousTestCase):
         reactor, transport, seen, d = self.run_fake()
         [stop] = reactor.triggers.values()
         stop()
-        self.assertEqual(transport.signals, ["TERM"])
-        transport.exit(None, signal=15)
-        self.assertIn("signal 15", str(self.failureResultOf(d, FfmpegFailed).value))
+        self.assertEqual(transport.signals, ["KILL"])
+        transport.exit(None, signal=9)
+        self.assertIn("signal 9", str(self.failureResultOf(d, FfmpegFailed).value))
         self.assertEqual(reactor.getDelayedCalls(), [])  # the KILL was cancelled
 
     def test_spawn_failure(self):
@@ -186,6 +183,61 @@ class RealProcessTests(unittest.TestCase):
         yield until_deferred(lambda: process.pid is None, 10)  # reaped
         self.assertLess(time.monotonic() - started, 5)
         self.assertTrue(0 < seen[-1] < 0.5, seen)  # no "progress=end" after a stop
+
+    @defer.inlineCallbacks
+    def test_an_encoder_dies_with_the_service(self):
+        """kill -9 of the process that ran an encoder kills the encoder too."""
+        import subprocess
+        import sys
+
+        from streamrec.media.ffmpeg import find_ffmpeg, pid_alive
+
+        if not death_launcher("KILL"):
+            raise unittest.SkipTest("setpriv (util-linux) is not installed")
+        script = (
+            "import subprocess, sys, time\n"
+            "from streamrec.media.ffmpeg import death_launcher\n"
+            "args = [*death_launcher('KILL'), sys.argv[1], '-nostdin', '-loglevel', 'error',"
+            " '-re', '-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=5', '-t', '120',"
+            " '-f', 'null', '-']\n"
+            "child = subprocess.Popen(args)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(120)\n"
+        )
+        parent = subprocess.Popen(
+            [sys.executable, "-c", script, find_ffmpeg()], stdout=subprocess.PIPE, text=True
+        )
+        self.addCleanup(parent.kill)
+        encoder = int(parent.stdout.readline())
+        yield until_deferred(lambda: pid_alive(encoder), 10)
+        parent.kill()  # SIGKILL: no cleanup code of the service runs
+        parent.wait(30)
+        try:
+            yield until_deferred(lambda: not pid_alive(encoder), 30)
+        except AssertionError:
+            with open(f"/proc/{encoder}/status", encoding="ascii") as handle:
+                self.fail(f"the encoder outlived the service:\n{handle.read()}")
+
+    @defer.inlineCallbacks
+    def test_leftover_encoders_are_ended(self):
+        """Encoders a dead service left (without setpriv) are killed by the next start."""
+        import subprocess
+
+        from streamrec.clips.worker import end_leftover_encoders
+        from streamrec.media.ffmpeg import find_ffmpeg, pid_alive
+
+        scratch = os.path.abspath(self.mktemp())
+        os.makedirs(scratch)
+        args = [find_ffmpeg(), "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi"]
+        args += ["-i", "testsrc2=size=64x48:rate=5", "-t", "120", "-y"]
+        left = subprocess.Popen([*args, os.path.join(scratch, ".k.mp4.part.mp4")])
+        other = subprocess.Popen([*args, os.path.join(self.mktemp() + ".mp4")])
+        self.addCleanup(left.kill)
+        self.addCleanup(other.kill)
+        yield until_deferred(lambda: pid_alive(left.pid) and pid_alive(other.pid), 10)
+        self.assertEqual(end_leftover_encoders(scratch), [left.pid])
+        left.wait(10)
+        self.assertTrue(pid_alive(other.pid))  # not under the scratch dir: not ours
 
     @defer.inlineCallbacks
     def test_real_failure_message(self):
@@ -238,7 +290,7 @@ class OptionTests(unittest.SynchronousTestCase):
     def test_bad_values(self):
         for options, words in [
             ({"crf": "abc"}, "crf must be an integer"),
-            ({"crf": "60"}, "crf must be between 0 and 51"),
+            ({"crf": "60"}, "crf must be between 10 and 51"),
             ({"fps": "nan"}, "fps must be between"),
             ({"width": "641"}, "width must be even"),
             ({"size": "big"}, "size must be WIDTHxHEIGHT"),
@@ -247,6 +299,13 @@ class OptionTests(unittest.SynchronousTestCase):
             ({"video_bitrate": "fast"}, "video_bitrate must be bits per second"),
             ({"video_bitrate": "1k"}, "video_bitrate must be between"),
             ({"preset": "placebo"}, "preset must be one of"),
+            ({"preset": "veryslow"}, "preset must be one of ultrafast"),
+            ({"size": "7680x4320"}, "width must be between 16 and 3840"),
+            ({"size": "3840x3840"}, "more pixels than 3840x2160"),
+            ({"fps": "120"}, "fps must be between 1 and 60"),
+            ({"crf": "0"}, "crf must be between 10 and 51"),
+            ({"audio_bitrate": "1M"}, "audio_bitrate must be between 16k and 512k, not 1M"),
+            ({"video_bitrate": "80M"}, "video_bitrate must be between 50k and 50M, not 80M"),
         ]:
             with self.assertRaises(OptionError, msg=options) as caught:
                 video_options(options)

@@ -9,6 +9,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from streamrec.clips.worker import ClipWorker
+from streamrec.errors import ClipQueueFull
 from streamrec.media.mp4 import ClipResult
 from streamrec.plugins import EncodeRequest
 from streamrec.store import JOB_DONE, JOB_FAILED, JOB_PENDING, JOB_PROCESSING
@@ -61,7 +62,7 @@ class MemoryStorage:
         self.deleted.append(key)
 
 
-class WorkerTests(unittest.TestCase):
+class WorkerBase(unittest.TestCase):
     def setUp(self) -> defer.Deferred[None]:
         self.store, self.dir = sqlite_store(self)
         self.clock = task.Clock()
@@ -108,6 +109,8 @@ class WorkerTests(unittest.TestCase):
         )
         return job
 
+
+class WorkerTests(WorkerBase):
     @defer.inlineCallbacks
     def test_one_clip_per_continuous_span(self):
         job = yield defer.ensureDeferred(self.job(T - 50, T - 10))
@@ -214,3 +217,92 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(current.status, JOB_PROCESSING)
         self.assertEqual(os.listdir(self.worker.scratch_dir), [])
         self.assertEqual(self.worker.builds, {})
+
+
+class BoundedQueueTests(WorkerBase):
+    """Jobs for ranges still to come cost nothing until their time; the queue is
+    bounded; a job can be cancelled under its build."""
+
+    def count_queries(self) -> list[str]:
+        calls: list[str] = []
+        for name in ("_query", "_transaction", "_operation", "_read"):
+            original = getattr(self.store, name)
+
+            def counted(*args: Any, _original: Any = original, _name: str = name) -> Any:
+                calls.append(_name)
+                return _original(*args)
+
+            self.patch(self.store, name, counted)
+        return calls
+
+    @defer.inlineCallbacks
+    def test_future_jobs_cost_nothing_until_their_time(self):
+        yield defer.ensureDeferred(self.store.mark_started(self.stream, T - 100))
+        for n in range(300):
+            yield defer.ensureDeferred(self.job(T - 10 + n * 0.001, T + 60 + n))
+        self.worker.running = True
+        calls = self.count_queries()
+        yield defer.ensureDeferred(self.worker._tick())
+        self.assertLessEqual(len(calls), 6, calls)
+        self.assertEqual(self.encoder.requests, [])
+        self.assertEqual(self.worker.waiting, set())
+        # The worker is woken when the first of them ends, not before.
+        woken = []
+        self.patch(self.worker, "wake", lambda: woken.append(self.clock.seconds()))
+        self.worker._schedule(T + 60)
+        self.clock.advance(59)
+        self.assertEqual(woken, [])
+        self.clock.advance(1.1)
+        self.assertEqual(len(woken), 1)
+        self.worker.running = False
+
+    @defer.inlineCallbacks
+    def test_a_ready_job_is_not_starved_by_waiting_ones(self):
+        yield defer.ensureDeferred(self.store.mark_started(self.stream, T - 100))
+        for n in range(200):
+            yield defer.ensureDeferred(self.job(T - 10 + n * 0.001, T + 600))
+        ready = yield defer.ensureDeferred(self.job(T - 50, T - 45))
+        self.worker.running = True
+        yield defer.ensureDeferred(self.worker._tick())
+        yield self.worker.builds.get(ready.id) or defer.succeed(None)
+        done = yield defer.ensureDeferred(self.store.get_job(ready.id))
+        self.assertEqual(done.status, JOB_DONE)
+        self.worker.running = False
+
+    @defer.inlineCallbacks
+    def test_the_queue_is_bounded(self):
+        for n in range(3):
+            yield defer.ensureDeferred(
+                self.store.find_or_create_job(self.stream, T - 50 + n, None, T, "copy", {}, T, 3)
+            )
+        with self.assertRaises(ClipQueueFull) as caught:
+            yield defer.ensureDeferred(
+                self.store.find_or_create_job(self.stream, T - 40, None, T, "copy", {}, T, 3)
+            )
+        self.assertIn("3 clip jobs are not finished (at most 3)", str(caught.exception))
+        # Asking again for a job that exists is still answered.
+        job, created = yield defer.ensureDeferred(
+            self.store.find_or_create_job(self.stream, T - 50, None, T, "copy", {}, T, 3)
+        )
+        self.assertFalse(created)
+
+    @defer.inlineCallbacks
+    def test_a_cancelled_job_stops_its_build(self):
+        job = yield defer.ensureDeferred(self.job(T - 50, T - 45, encoder="stuck"))
+        self.worker.running = True
+        yield defer.ensureDeferred(self.worker._tick())
+        for _ in range(100):
+            if os.listdir(self.worker.scratch_dir):
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        self.assertIn(job.id, self.worker.builds)
+        # Cancelled elsewhere (another node's API): the next tick drops the build.
+        cancelled = yield defer.ensureDeferred(self.store.cancel_job(job.id, T, "cancelled"))
+        self.assertTrue(cancelled)
+        yield defer.ensureDeferred(self.worker._tick())
+        self.assertEqual(self.worker.builds, {})
+        current = yield defer.ensureDeferred(self.store.get_job(job.id))
+        self.assertEqual((current.status, current.error_message), (JOB_FAILED, "cancelled"))
+        again = yield defer.ensureDeferred(self.store.cancel_job(job.id, T, "cancelled"))
+        self.assertFalse(again)
+        self.worker.running = False

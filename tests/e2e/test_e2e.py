@@ -37,7 +37,13 @@ class UdpRecordingTests(ServiceTestCase):
         # 10 s recorded after the first segment; ask for 4 s starting between keyframes.
         start = first + 2.37
         await service.recorded_until(stream_id, start + 8)
+        # A copy clip of a recorded range is done in the first answer.
+        first_answer = await service.ok(
+            "GET", f"/streams/{stream_id}/get_clip", start=start, stop=start + 4
+        )
+        self.assertEqual(first_answer["status"], "done", first_answer)
         job = await service.clip(stream_id, start=start, stop=start + 4)
+        self.assertEqual(job["clips"], first_answer["clips"])
         again = await service.clip(stream_id, start=start + 1.52, stop=start + 5.52)
         [clip] = job["clips"]
         [later] = again["clips"]

@@ -184,22 +184,40 @@ class HostileClientTests(ServiceTestCase):
 
     @defer.inlineCallbacks
     def test_odd_paths(self):
-        service = yield defer.ensureDeferred(self.started())
+        yield defer.ensureDeferred(self.started())
         for path in (
             b"/clips/%00",
             b"/clips/a%00b.mp4",
             b"/clips/..%2f..%2fetc%2fpasswd",
             b"/clips/.x",
         ):
-            code, _, _ = yield defer.ensureDeferred(
+            code, headers, _ = yield defer.ensureDeferred(
                 self.raw(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path)
             )
             self.assertEqual(code, 404, path)
+            self.assertEqual(headers[b"content-type"], b"application/json", path)
         # A redirect never points at a host the client named.
         code, headers, _ = yield defer.ensureDeferred(
             self.raw(b"GET /clips HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
         )
         self.assertEqual((code, headers.get(b"location")), (308, b"/clips/"))
+        self.assertNoUnexpectedError()
+
+    @defer.inlineCallbacks
+    def test_requests_twisted_cannot_take_are_answered_in_json(self):
+        yield defer.ensureDeferred(self.started())
+        long_line = b"GET /streams/create?url=" + b"x" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        many_headers = b"GET /streams/ HTTP/1.1\r\n" + b"X-A: " + b"y" * 8000 + b"\r\n"
+        many_headers += b"X-B: " + b"y" * 8000 + b"\r\nX-C: " + b"y" * 8000 + b"\r\n\r\n"
+        for request, (status, message) in [
+            (long_line, (431, "Request line or headers too large")),
+            (many_headers, (431, "Request line or headers too large")),
+            (b"NONSENSE\r\n\r\n", (400, "Malformed HTTP request")),
+        ]:
+            code, headers, body = yield defer.ensureDeferred(self.raw(request))
+            self.assertEqual(code, status, request[:40])
+            self.assertEqual(headers[b"content-type"], b"application/json")
+            self.assertEqual(json.loads(body), {"error_message": message})
         self.assertNoUnexpectedError()
 
     @defer.inlineCallbacks

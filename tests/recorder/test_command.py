@@ -9,12 +9,14 @@ from twisted.trial import unittest
 from streamrec.recorder.command import (
     PROGRESS_FD,
     SegmenterSettings,
+    explain,
     is_segmenter,
     parent_death_launcher,
     segmenter_args,
+    source_end,
 )
 from streamrec.recorder.layout import SegmentLayout, segment_index, segment_name
-from streamrec.sources import PROTOCOL_WHITELIST
+from streamrec.sources import INPUT_FORMATS, PROTOCOL_WHITELIST
 
 
 class CommandTests(unittest.SynchronousTestCase):
@@ -27,6 +29,15 @@ class CommandTests(unittest.SynchronousTestCase):
         self.assertEqual(args[args.index("-segment_list") + 1], "pipe:1")
         self.assertIn("+frag_keyframe+empty_moov+default_base_moof", " ".join(args))
         self.assertEqual(args[-1], "seg%06d.mp4")
+
+    def test_inputs_are_whitelisted_and_listeners_bound(self):
+        args = segmenter_args("ffmpeg", "udp://127.0.0.1:5000", SegmenterSettings())
+        self.assertEqual(args[args.index("-format_whitelist") + 1], INPUT_FORMATS["udp"])
+        self.assertEqual(args[args.index("-localaddr") + 1], "127.0.0.1")
+        self.assertLess(args.index("-localaddr"), args.index("-i"), "an input option")
+        args = segmenter_args("ffmpeg", "https://cdn/live.m3u8", SegmenterSettings())
+        self.assertIn("hls", args[args.index("-format_whitelist") + 1].split(","))
+        self.assertNotIn("-localaddr", args)
 
     def test_video_is_copied_and_audio_is_aac(self):
         args = segmenter_args("ffmpeg", "udp://127.0.0.1:5000", SegmenterSettings())
@@ -53,6 +64,44 @@ class CommandTests(unittest.SynchronousTestCase):
         if launcher:
             self.assertEqual(launcher[1:], ["--pdeathsig", "INT"])
             self.assertTrue(os.access(launcher[0], os.X_OK))
+
+
+class StderrTests(unittest.SynchronousTestCase):
+    """What ffmpeg's stderr says about the source."""
+
+    def report(self, kind: str, duration: str) -> list[str]:
+        return [
+            f"Input #0, {kind}, from 'http://127.0.0.1:8080/x':",
+            f"  Duration: {duration}, start: 1.400000, bitrate: 0 kb/s",
+            "  Stream #0:0: Video: h264, yuv420p, 320x240, 25 fps",
+            "Output #0, segment, to 'seg%06d.mp4':",
+        ]
+
+    def test_a_source_with_a_length_ends(self):
+        self.assertEqual(
+            source_end(self.report("hls", "00:00:06.00")),
+            "the source ended (HLS playlist with EXT-X-ENDLIST)",
+        )
+        self.assertEqual(
+            source_end(self.report("mov,mp4,m4a,3gp,3g2,mj2", "01:02:03.50")),
+            "the source ended (a mov file of 3723.5 s, not live)",
+        )
+
+    def test_a_live_source_does_not(self):
+        self.assertIsNone(source_end(self.report("hls", "N/A")))
+        self.assertIsNone(source_end(self.report("rtsp", "N/A")))
+        self.assertIsNone(source_end(self.report("flv", "00:00:00.00")), "live RTMP says 0")
+        self.assertIsNone(source_end(["  Duration: 00:00:06.00, start: 0"]), "not the input's")
+        self.assertIsNone(source_end([]))
+
+    def test_a_refused_format_is_named(self):
+        lines = [
+            "[sdp @ 0x55d0] Format not on whitelist 'hls,mpegts,mov'",
+            "http://127.0.0.1:8765/a.sdp: Invalid argument",
+        ]
+        self.assertEqual(
+            explain(lines), "the source is sdp, not a live video format streamrec records"
+        )
 
 
 class LayoutTests(unittest.SynchronousTestCase):

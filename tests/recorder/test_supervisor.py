@@ -403,6 +403,15 @@ class RecorderFaultTests(RecorderBase):
         self.reactor.advance(1)
         self.assertEqual(len(self.reactor.processes), 2)
 
+    def test_watchdog_waits_while_segments_are_retried(self):
+        process = self.opened()
+        self.recorder.checker.waiting = 1  # a closed segment cannot be read for now
+        self.reactor.advance(self.recorder.stall_timeout * 3)
+        self.assertEqual(process.signals, [])
+        self.recorder.checker.waiting = 0
+        self.reactor.advance(self.recorder.stall_timeout)
+        self.assertEqual(process.signals, ["INT"])
+
     def test_bad_segment_is_quarantined_not_indexed(self):
         process = self.opened()
         path = os.path.join(process.path, "seg000000.mp4")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
 import shutil
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import defer
@@ -12,16 +16,50 @@ from twisted.trial import unittest
 
 from streamrec.media import fmp4
 from streamrec.media.sampleentry import video_config
-from streamrec.recorder.indexing import SegmentChecker, paced
+from streamrec.recorder.indexing import RETRY_FIRST, SegmentChecker, paced, retry_delays
 from streamrec.recorder.layout import SegmentLayout
+from streamrec.recorder.supervisor import RECONNECTING, Backoff, Recorder
 from streamrec.recorder.validate import (
     InvalidSegment,
+    decodes,
     inspect_segment,
     structure_problems,
+    transient,
     validate_segment,
 )
 
 from ..support.recordings import recording
+from .test_supervisor import FakeStore, Listener, ProcessReactor
+
+
+@contextlib.contextmanager
+def descriptors_exhausted() -> Iterator[Callable[[], None]]:
+    """This process out of file descriptors for real (EMFILE from the kernel)
+    until the ``release`` it yields is called, or the block ends.
+
+    The soft RLIMIT_NOFILE is lowered for the while and what it still allows
+    is taken; nothing else runs meanwhile (no reactor, no thread).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+
+    def release() -> None:
+        while held:
+            os.close(held.pop())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 64), hard))
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as error:
+                if error.errno != errno.EMFILE:
+                    raise
+                break
+        yield release
+    finally:
+        release()
 
 
 class StructureTests(unittest.SynchronousTestCase):
@@ -209,3 +247,160 @@ class CheckerTests(unittest.TestCase):
             os.path.join(self.layout.quarantine_root, "1", "1", "seg000000.mp4"),
         )
         self.assertFalse(os.path.exists(self.path))
+
+
+class NotReadableForNowTests(unittest.SynchronousTestCase):
+    """A file that cannot be opened for a moment (EMFILE while a flood of
+    connections holds every descriptor) is tried again, never quarantined."""
+
+    def setUp(self) -> None:
+        self.layout = SegmentLayout(self.mktemp())
+        run = self.layout.run_dir(1, 1)
+        os.makedirs(run)
+        self.path = self.layout.segment_path(run, 0)
+        shutil.copy(recording("h264_bf2_aac", bf=2, audio=True).pieces[1].path, self.path)
+        self.clock = Clock()
+
+    def checker(self, **options: Any) -> SegmentChecker:
+        return SegmentChecker(
+            layout=self.layout,
+            run_blocking=defer.maybeDeferred,
+            max_duration=30,
+            clock=self.clock,
+            **options,
+        )
+
+    def test_emfile_is_transient_and_corruption_is_not(self):
+        with descriptors_exhausted():
+            error = self.assertRaises(OSError, inspect_segment, self.path, 30)
+            decode_error = self.assertRaises(OSError, decodes, self.path)
+        self.assertEqual((error.errno, decode_error.errno), (errno.EMFILE, errno.EMFILE))
+        self.assertTrue(transient(error) and transient(decode_error))
+        self.assertFalse(transient(OSError(errno.ENOENT, "gone")))
+        self.assertFalse(transient(InvalidSegment("bad")))
+
+    def test_a_segment_read_during_emfile_is_tried_again_and_passes(self):
+        for thorough in (False, True):  # the structure alone, and with a decode
+            checker = self.checker(decode_every=1_000_000)
+            checker.checked = 1
+            with descriptors_exhausted() as release:
+                checking = defer.ensureDeferred(checker.check(self.path, thorough=thorough))
+                self.assertNoResult(checking)
+                self.clock.advance(RETRY_FIRST)
+                self.assertNoResult(checking)  # tried again: still no descriptor
+                release()
+            for _ in range(10):
+                self.clock.advance(1)
+            checked = self.successResultOf(checking)
+            self.assertTrue(checked.ok, checked.problem)
+            self.assertAlmostEqual(checked.duration, 2.0, places=1)
+            self.assertEqual(checker.retried, 1)
+            self.assertTrue(os.path.exists(self.path))
+            self.assertFalse(os.path.exists(self.layout.quarantine_root))
+
+    def test_a_shortage_that_lasts_leaves_the_file_in_place(self):
+        checker = self.checker(retry_for=3.0)
+        with descriptors_exhausted():
+            checking = defer.ensureDeferred(checker.check(self.path))
+            for _ in range(10):
+                self.clock.advance(1)
+            checked = self.successResultOf(checking)
+        self.assertFalse(checked.ok)
+        self.assertIn("Too many open files", checked.problem or "")
+        self.assertIsNone(checked.quarantined_to)
+        self.assertTrue(os.path.exists(self.path))
+        self.assertFalse(os.path.exists(self.layout.quarantine_root))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_file_gone_is_not_tried_again(self):
+        checked = self.successResultOf(
+            defer.ensureDeferred(self.checker().check(self.path + ".gone"))
+        )
+        self.assertEqual((checked.ok, checked.quarantined_to), (False, None))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_backoff_doubles_to_its_cap_within_the_total(self):
+        delays = list(retry_delays(first=0.05, cap=2.0, total=10.0))
+        self.assertEqual(delays[:6], [0.05, 0.1, 0.2, 0.4, 0.8, 1.6])
+        self.assertEqual(set(delays[6:]), {2.0})
+        self.assertLessEqual(sum(delays), 10.0)
+
+
+class RecorderDuringEmfileTests(unittest.SynchronousTestCase):
+    """The recorder with a real checker while the process is out of descriptors:
+    the segment is indexed once they are back, and a segmenter that cannot be
+    launched for want of one is launched again."""
+
+    def setUp(self) -> None:
+        self.reactor = ProcessReactor()
+        self.reactor.advance(1_000_000)
+        self.store = FakeStore()
+        self.listener = Listener()
+        self.layout = SegmentLayout(os.path.abspath(self.mktemp()))
+        checker = SegmentChecker(
+            layout=self.layout,
+            run_blocking=defer.maybeDeferred,
+            max_duration=30,
+            clock=self.reactor,
+        )
+        self.recorder = Recorder(
+            7,
+            "rtsp://127.0.0.1:8554/cam",
+            reactor=self.reactor,
+            store=self.store,  # type: ignore[arg-type]
+            ffmpeg="/usr/bin/ffmpeg",
+            layout=self.layout,
+            checker=checker,
+            listener=self.listener,
+            backoff=Backoff(initial=1, factor=2, cap=30, jitter=0),
+        )
+        self.segment = recording("h264_bf2_aac", bf=2, audio=True).pieces[1].path
+
+    def recording(self) -> Any:
+        started = defer.ensureDeferred(self.recorder.start())
+        process = self.reactor.processes[-1]
+        self.reactor.advance(0.5)
+        process.opened()
+        self.successResultOf(started)
+        self.reactor.advance(0.5)
+        process.say(3, "out_time_us=1000000\nprogress=continue\n")
+        self.reactor.advance(1.5)
+        return process
+
+    def test_a_segment_closed_during_emfile_is_indexed_not_quarantined(self):
+        process = self.recording()
+        shutil.copy(self.segment, os.path.join(process.path, "seg000000.mp4"))
+        with descriptors_exhausted() as release:
+            process.say(1, "seg000000.mp4,0.000000,2.000000\n")
+            self.reactor.advance(1)
+            self.assertEqual(self.store.segments, {})
+            release()
+        self.reactor.advance(2)
+        self.assertEqual([s[1] for s in self.store.segments.values()], ["seg000000.mp4"])
+        self.assertEqual(len(self.listener.segments), 1)
+        self.assertFalse(os.path.exists(self.layout.quarantine_root))
+
+    def test_a_relaunch_failing_with_emfile_is_tried_again(self):
+        process = self.recording()
+        shutil.copy(self.segment, os.path.join(process.path, "seg000000.mp4"))
+        process.say(1, "seg000000.mp4,0.000000,2.000000\n")
+        spawn = self.reactor.spawnProcess
+        failures = [OSError(errno.EMFILE, "Too many open files")] * 3
+
+        def short_of_descriptors(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return spawn(*args, **kwargs)
+
+        self.reactor.spawnProcess = short_of_descriptors  # type: ignore[method-assign]
+        process.exit(1)  # the segmenter died: launched again at once, which fails
+        self.reactor.advance(0.2)
+        self.assertEqual(self.recorder.state, RECONNECTING)
+        self.assertIn("Too many open files", self.recorder.last_error or "")
+        self.assertTrue(self.recorder.wanted)
+        for _ in range(20):
+            self.reactor.advance(0.5)
+        self.assertEqual(failures, [])
+        self.assertEqual(len(self.reactor.processes), 2, "launched once descriptors are back")
+        self.reactor.processes[-1].opened()
+        self.assertEqual(self.recorder.state, "recording")

@@ -75,7 +75,7 @@ def run(fn: Any) -> Any:
 
 
 #: The version the schema files build.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: What schema 005 (several nodes) added to the older tables.
 CLUSTER_COLUMNS = [
@@ -336,6 +336,7 @@ class StoreTestsMixin:
         await self.store._operation("ALTER TABLE streams DROP COLUMN source_audio")
         await self.store._operation("DROP TABLE nodes")
         await self.store._operation("DROP TABLE clip_spans")
+        await self.store._operation("DROP TABLE recorded_spans")
         for table, column in CLUSTER_COLUMNS:
             await self.store._operation(f"ALTER TABLE {table} DROP COLUMN {column}")
         self.assertEqual(await self.store.migrate(), SCHEMA_VERSION)

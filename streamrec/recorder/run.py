@@ -1,0 +1,66 @@
+"""What a recorder keeps between ffmpeg's reports: the run of one segmenter
+process, and the backoff between launches."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+
+from ..media.ffmpeg import FfmpegChild
+from .timeline import RunClock
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter."""
+
+    initial: float = 1.0
+    factor: float = 2.0
+    cap: float = 30.0
+    jitter: float = 0.2
+    rng: Callable[[], float] = random.random
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.initial * self.factor**self.attempt)
+        self.attempt += 1
+        return delay * (1 - self.jitter + 2 * self.jitter * self.rng())
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class Run:
+    """One ffmpeg process of a recorder: its directory, clock and indexing chain."""
+
+    run_id: int
+    directory: str
+    clock: RunClock
+    child: FfmpegChild
+    copy_audio: bool = False
+    # ffmpeg's report of its input, collected until it is complete.
+    input_report: list[str] | None = None
+    # Ended on purpose before it recorded, to launch again with other audio options.
+    relaunch: str | None = None
+    last_index: int = -1
+    segments: int = 0
+    opened: bool = False
+    disk_full: str | None = None
+    stall: str | None = None
+    # The source has a length (a finished HLS playlist): why it ends once read.
+    source_end: str | None = None
+    # Segments closed before the clock settled: (name, media start, media end).
+    held: list[tuple[str, float, float]] = field(default_factory=list)
+    stderr_tail: list[str] = field(default_factory=list)
+    waiters: list[defer.Deferred[None]] = field(default_factory=list)
+    done: defer.Deferred[None] = field(default_factory=defer.Deferred)
+    # Indexing steps run one after the other, in the order ffmpeg reported them.
+    chain: defer.Deferred[None] = field(default_factory=lambda: defer.succeed(None))
+
+    @property
+    def exited(self) -> bool:
+        return self.child.exited
