@@ -7,6 +7,11 @@ with no edit list: its first frame is the source frame displayed at
 (all optional, see :func:`streamrec.clips.reencode.video_options`): ``size``
 or ``width``/``height``, ``fps``, ``crf`` or ``video_bitrate``,
 ``audio_bitrate``, ``preset``.
+
+The work one request can ask for is bounded: at most 3840x2160 pixels (a
+larger source is scaled down), about 60 frames a second (a faster source is
+thinned), presets up to ``medium``, ``crf`` from 10, and an hour of range
+(``max_seconds``, which ``get_clip`` checks).
 """
 
 from __future__ import annotations
@@ -25,10 +30,9 @@ def video_filters(choice: VideoOptions) -> list[str]:
     if choice.fps is not None:
         # round=up: each output frame is the source frame displayed at its instant.
         filters.append(f"fps={choice.fps:g}:round=up")
-    scale = choice.scale_filter()
-    if scale is not None:
-        filters.append(scale)
-    return filters
+    # A fast source thinned, the size asked for, a large source scaled down.
+    bounded = (choice.rate_filter(), choice.scale_filter(), choice.bound_filter())
+    return filters + [one for one in bounded if one is not None]
 
 
 class TranscodeEncoder:
@@ -52,7 +56,7 @@ class TranscodeEncoder:
             self.context,
             request,
             video_filters=video_filters(choice),
-            video_args=choice.x264_args(),
+            video_args=[*choice.x264_args(), *choice.rate_args()],
             audio_args=choice.aac_args(),
         )
 

@@ -112,6 +112,29 @@ class VideoOptions:
             return None
         return f"scale={self.width or -2}:{self.height or -2}"
 
+    def bound_filter(self) -> str | None:
+        """Scales pictures of more than :data:`MAX_PIXELS` down to that many (the
+        aspect ratio kept): the source's size, or one side given, may be more.
+        None when both sides are given (they were checked)."""
+        if self.width is not None and self.height is not None:
+            return None
+        return f"scale=w='min(iw,trunc(sqrt({MAX_PIXELS}*iw/ih)/2)*2)':h=-2"
+
+    def rate_filter(self) -> str | None:
+        """Where the source's rate is kept: a faster source (more than about
+        :data:`MAX_FPS` frames a second) thinned to at most that, by dropping
+        each frame that comes too soon after the last one kept. Any other
+        source passes frame for frame. None when ``fps`` is given."""
+        if self.fps is not None:
+            return None
+        gap = 0.9 / MAX_FPS  # below 1/MAX_FPS: timestamps in milliseconds jitter
+        return f"select='isnan(prev_selected_t)+gte(t-prev_selected_t,{gap:.6g})'"
+
+    def rate_args(self) -> list[str]:
+        """With :meth:`rate_filter`: frames keep their times (no frame is repeated
+        to fill the gaps the filter leaves)."""
+        return ["-fps_mode", "vfr"] if self.fps is None else []
+
     def x264_args(self) -> list[str]:
         """libx264, no B-frames, 8-bit 4:2:0 (what every browser decodes)."""
         args = ["-c:v", "libx264", "-preset", self.preset, "-bf", "0", "-pix_fmt", "yuv420p"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import shutil
@@ -9,12 +10,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..errors import log_failure
-from ..media.ffmpeg import kill_leftovers
 from ..media.mp4 import SegmentPiece
 from ..plugins import ClipEncoder, EncodeRequest, StorageBackend
 from ..store import (
@@ -34,21 +34,28 @@ log = Logger(namespace="streamrec.clips")
 
 #: Seconds a job waits for a node that holds part of its recording and is gone.
 SPAN_WAIT = 600.0
-
-
-def end_leftover_encoders(scratch_dir: str) -> list[int]:
-    """Kill the encoders a dead predecessor left (they write under ``scratch_dir``,
-    which is about to be emptied); their jobs are built again."""
-    pids = kill_leftovers(os.path.abspath(scratch_dir) + os.sep)
-    if pids:
-        log.warn("ended encoders left running by a previous process: pids {pids}", pids=pids)
-    return pids
+#: Seconds between looks for other nodes' work, on a database they share.
+SWEEP_INTERVAL = 2.0
+#: Seconds before looking again after a look failed (the database was away).
+RETRY_INTERVAL = 5.0
+#: How many times a span's build is begun: one that never ends (the service
+#: stops or dies under it every time) is not begun for ever.
+MAX_ATTEMPTS = 3
 
 
 class ClipWorker(Service):
-    """Polls pending jobs, waits until the recording has reached their end,
-    cuts each into spans (one clip per continuous recorded span) and builds the
-    spans this node can read, handing each clip to the storage backend.
+    """Builds pending jobs once the recording has reached their end: cuts each
+    into spans (one clip per continuous recorded span) and builds the spans
+    this node can read, handing each clip to the storage backend.
+
+    It does not poll. It looks for work when woken: a new job, a stream that
+    stops, a segment indexed for a stream a job waits for, a build that ends,
+    and a timer set for the first moment a waiting job can go on (the end of
+    its range, the end of its grace for late segments). Jobs for ranges still
+    to come cost nothing meanwhile, however many there are. On a shared
+    database (PostgreSQL) it also looks every ``sweep_interval`` seconds, for
+    what other nodes ask of it; each look is a few queries, whatever the
+    length of the queue.
 
     Several nodes may share a database, each with segments on its own disk.
     A job is planned once, by whichever worker comes first; each span names
@@ -69,10 +76,11 @@ class ClipWorker(Service):
         is_recording: Callable[[int], bool],
         notify: Callable[..., None],
         concurrency: int = 2,
-        poll_interval: float = 1.0,
+        sweep_interval: float | None = SWEEP_INTERVAL,
         late_grace: float = 10.0,
         node: str | None = None,
         span_wait: float = SPAN_WAIT,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -82,18 +90,20 @@ class ClipWorker(Service):
         self.is_recording = is_recording
         self.notify = notify
         self.concurrency = concurrency
-        self.poll_interval = poll_interval
+        # Alone on a SQLite file, work comes only through this process.
+        shared = getattr(store, "dialect", None) != "sqlite"
+        self.sweep_interval = sweep_interval if shared else None
         self.late_grace = late_grace
         self.node = node
         self.span_wait = span_wait
+        self.max_attempts = max_attempts
         self.running_jobs: set[int] = set()
         self.reading: dict[int, set[str]] = {}
         self.builds: dict[int, defer.Deferred[None]] = {}
-        self._loop: task.LoopingCall | None = None
         self._ticking = False
         self._again = False  # woken during a tick: tick once more after it
-        # The next wake at the end of a waiting job's range.
-        self._next_stop: Any = None
+        self.looks = 0  # how many times it has looked for work
+        self._timer: Any = None  # the next look, when nothing wakes it before
         # Streams with pending jobs that wait for their recording to reach them.
         self.waiting: set[int] = set()
         # Nodes whose segment files this node has found it can read (a shared data dir).
@@ -101,26 +111,20 @@ class ClipWorker(Service):
 
     # -- service ----------------------------------------------------------
     def startService(self) -> None:
+        """Empty the scratch dir (recovery has ended any encoder a dead process
+        left writing there), resume interrupted jobs, then look for work."""
         super().startService()
-        end_leftover_encoders(self.scratch_dir)
         shutil.rmtree(self.scratch_dir, ignore_errors=True)
         os.makedirs(self.scratch_dir, exist_ok=True)
-        self._loop = task.LoopingCall(self.wake)
-        self._loop.clock = self.reactor
         d = defer.ensureDeferred(self._resume_interrupted())
         d.addErrback(lambda f: log_failure(log, "cannot resume clip jobs", f))
-        d.addBoth(self._start_polling)
-
-    def _start_polling(self, _: object) -> None:
-        if self.running and self._loop is not None:
-            self._loop.start(self.poll_interval, now=True)
+        d.addBoth(lambda _: self.wake())
 
     def stopService(self) -> None:
-        """Stop polling and abandon builds under way: their spans stay taken by
-        this node and are built again by its next start (or by another node)."""
+        """Stop looking and abandon builds under way (their encoders are killed):
+        their spans stay taken by this node and are built again by its next
+        start (or by another node), :data:`MAX_ATTEMPTS` times at most."""
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
         self._schedule(None)
         for build in list(self.builds.values()):
             build.cancel()
@@ -143,10 +147,10 @@ class ClipWorker(Service):
                     job.id, JOB_PENDING, self.reactor.seconds(), progress=0
                 )
 
-    # -- polling -------------------------------------------------------------
+    # -- looking for work ------------------------------------------------------
     def wake(self) -> None:
-        """Look for work now (also called every poll interval, when a job's range
-        ends, and when a stream that a job waits for records)."""
+        """Look for work now (a job was asked for, a stream stopped, a build
+        ended, a waiting job's time came)."""
         if not self.running:
             return
         if self._ticking:
@@ -155,8 +159,12 @@ class ClipWorker(Service):
         self._ticking = True
         self._again = False
         d = defer.ensureDeferred(self._tick())
-        d.addErrback(lambda f: log_failure(log, "clip worker tick failed", f))
+        d.addErrback(self._tick_failed)
         d.addBoth(self._ticked)
+
+    def _tick_failed(self, failure: Failure) -> None:
+        log_failure(log, "clip worker tick failed", failure)
+        self._schedule(self.reactor.seconds() + RETRY_INTERVAL)
 
     def recorded(self, stream_id: int) -> None:
         """A stream indexed a segment: look again if a job waits for that stream."""
@@ -165,37 +173,46 @@ class ClipWorker(Service):
 
     def _ticked(self, _: object) -> None:
         self._ticking = False
+        self.looks += 1
         if self._again:
             self.wake()
 
     def _schedule(self, when: float | None) -> None:
-        """Wake at ``when`` (a job's range ends then), instead of any earlier plan."""
-        if self._next_stop is not None and self._next_stop.active():
-            self._next_stop.cancel()
-        self._next_stop = None
+        """Look again at ``when`` (instead of any earlier plan); None: only when woken."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if when is not None and self.running:
             delay = max(0.0, when - self.reactor.seconds()) + 0.05
-            self._next_stop = self.reactor.callLater(delay, self.wake)
+            self._timer = self.reactor.callLater(delay, self.wake)
 
     async def _tick(self) -> None:
-        """Start what can be built: a few queries, however many jobs wait for
-        ranges still to come (they wait in the database, and a timer wakes the
-        worker when the first of them ends)."""
+        """Start what can be built, and set the timer for the next moment a
+        waiting job can go on: a few queries, however many jobs wait for ranges
+        still to come (they wait in the database until their time)."""
         await self._drop_cancelled()
         now = self.reactor.seconds()
         waiting = set()
-        room = self.concurrency - len(self.running_jobs)
-        if room > 0:
-            for job in await self.store.jobs_to_build(now, room + len(self.running_jobs)):
+        # Jobs still waiting for their last segments come after those that are
+        # ready; the slots left are filled from a few of them.
+        candidates = 2 * self.concurrency + len(self.running_jobs)
+        later: list[float] = []
+        if len(self.running_jobs) < self.concurrency:
+            for job in await self.store.jobs_to_build(now, candidates, self.late_grace):
                 if job.id in self.running_jobs or len(self.running_jobs) >= self.concurrency:
                     continue
                 if not await self._ready(job):
                     waiting.add(job.stream_id)
+                    later.append(job.stop + self.late_grace)
                     continue
                 self._start_build(job)
         self.waiting = waiting
-        self._schedule(await self.store.next_job_stop(now))
-        await self._planned_jobs()
+        later.append(await self.store.next_job_stop(now) or math.inf)
+        later.append(await self._planned_jobs())
+        if self.sweep_interval is not None:
+            later.append(now + self.sweep_interval)
+        soonest = min(later)
+        self._schedule(soonest if math.isfinite(soonest) else None)
 
     async def _drop_cancelled(self) -> None:
         """Builds of jobs that ended meanwhile (cancelled, maybe on another node)."""
@@ -211,16 +228,18 @@ class ClipWorker(Service):
                 )
                 self.cancel(job_id)
 
-    async def _planned_jobs(self) -> None:
+    async def _planned_jobs(self) -> float:
         """Build the spans of planned jobs that this node can build; note the jobs
-        whose spans wait for a node that is gone, and fail those that waited too long."""
+        whose spans wait for a node that is gone, and fail those that waited too
+        long. When the first of those waits runs out (inf: none waits)."""
         spans = await self.store.open_spans()
         if not spans:
-            return
+            return math.inf
         live = {node.name for node in await self.store.live_nodes()}
         by_job: dict[int, list[SpanTask]] = {}
         for span in spans:
             by_job.setdefault(span.job_id, []).append(span)
+        deadline = math.inf
         for job_id, open_spans in by_job.items():
             buildable = [s for s in open_spans if await self._can_build(s)]
             if buildable and job_id not in self.running_jobs:
@@ -236,6 +255,9 @@ class ClipWorker(Service):
                 }
             )
             await self._wait_for(job_id, gone, open_spans[0].planned_at)
+            if gone:
+                deadline = min(deadline, open_spans[0].planned_at + self.span_wait)
+        return deadline
 
     async def _wait_for(self, job_id: int, gone: list[str], planned_at: float) -> None:
         job = await self.store.get_job(job_id)
@@ -310,8 +332,16 @@ class ClipWorker(Service):
         for span in await self.store.open_spans(job.id):
             if not await self._can_build(span):
                 continue
-            if not await self.store.claim_span(job.id, span.seq, self.node or ""):
+            attempt = await self.store.claim_span(job.id, span.seq, self.node or "")
+            if not attempt:
                 continue  # another node builds it
+            if attempt > self.max_attempts:
+                await self._fail(
+                    job,
+                    f"building this clip was begun {attempt - 1} times and interrupted"
+                    " each time (the service stopped under it); it is not begun again",
+                )
+                return
             if not await self._build_span(job, span):
                 return
 
@@ -368,8 +398,7 @@ class ClipWorker(Service):
                     await self.storage.delete_clip(clip.storage_key)
                 except Exception:
                     log.failure("cannot delete clip {key}", key=clip.storage_key)
-            await self.store.set_job_status(job.id, JOB_FAILED, now(), error_message=message)
-            self.notify("clip_failed", stream_id=job.stream_id, job_id=job.id, error=message)
+            await self._fail(job, message)
             return False
         if last:
             done = await self.store.get_job(job.id)
@@ -380,6 +409,12 @@ class ClipWorker(Service):
                 clips=[clip_json(made) for made in done.clips],
             )
         return True
+
+    async def _fail(self, job: ClipJob, message: str) -> None:
+        await self.store.set_job_status(
+            job.id, JOB_FAILED, self.reactor.seconds(), error_message=message
+        )
+        self.notify("clip_failed", stream_id=job.stream_id, job_id=job.id, error=message)
 
     def _progress(self, job_id: int, fraction: float) -> None:
         d = defer.ensureDeferred(

@@ -16,7 +16,7 @@ import re
 import shutil
 import signal as signals
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet import defer, error, task
@@ -149,11 +149,8 @@ def kill_leftovers(argument_prefix: str) -> list[int]:
     return pids
 
 
-def find_processes(argument_prefix: str, own_pid: int | None = None) -> list[int]:
-    """Pids of this user's ffmpeg processes with an argument under ``argument_prefix``
-    (a directory only this service writes): what a dead service left running."""
-    found = []
-    prefix = argument_prefix.encode()
+def own_processes(own_pid: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every other process of this user, read from ``/proc``."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == (own_pid or os.getpid()):
             continue
@@ -161,12 +158,20 @@ def find_processes(argument_prefix: str, own_pid: int | None = None) -> list[int
             if os.stat(f"/proc/{entry}").st_uid != os.getuid():
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
+                yield int(entry), handle.read().split(b"\0")
         except OSError:
             continue
-        if b"ffmpeg" in argv[0] and any(arg.startswith(prefix) for arg in argv[1:]):
-            found.append(int(entry))
-    return found
+
+
+def find_processes(argument_prefix: str, own_pid: int | None = None) -> list[int]:
+    """Pids of this user's ffmpeg processes with an argument under ``argument_prefix``
+    (a directory only this service writes): what a dead service left running."""
+    prefix = argument_prefix.encode()
+    return [
+        pid
+        for pid, argv in own_processes(own_pid)
+        if b"ffmpeg" in argv[0] and any(arg.startswith(prefix) for arg in argv[1:])
+    ]
 
 
 def spawn(

@@ -1,7 +1,10 @@
 """What a restart does after the service died without shutting down.
 
 1. ffmpeg segmenters left from the dead service (found by their working
-   directory under the segment tree) are asked to finish, then killed.
+   directory under the segment tree) are asked to finish, then killed; its
+   clip encoders (any other ffmpeg with a file of the data dir on its command
+   line) are killed at once: their output is thrown away, and their jobs are
+   built again.
 2. Segments on disk that the index lacks are checked and indexed; bad ones
    are quarantined.
 3. Runs that were never closed are closed.
@@ -15,7 +18,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from ..media.ffmpeg import end_pids
+from ..media.ffmpeg import end_pids, own_processes
 from ..store import SqlStore
 from .command import is_segmenter
 from .indexing import SegmentChecker
@@ -28,6 +31,7 @@ log = Logger(namespace="streamrec.recovery")
 @dataclass
 class RecoveryReport:
     orphans: list[int] = field(default_factory=list)
+    encoders: list[int] = field(default_factory=list)
     indexed: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     closed_runs: list[int] = field(default_factory=list)
@@ -37,20 +41,29 @@ def find_orphans(segments_dir: str, own_pid: int | None = None) -> list[int]:
     """Pids of segmenters of this user whose working directory is inside ``segments_dir``."""
     root = os.path.realpath(segments_dir) + os.sep
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == (own_pid or os.getpid()):
-            continue
+    for pid, argv in own_processes(own_pid):
         try:
-            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
-                continue
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
         if (cwd + os.sep).startswith(root) and is_segmenter(argv):
-            found.append(int(entry))
+            found.append(pid)
     return found
+
+
+def find_encoders(data_dir: str, own_pid: int | None = None) -> list[int]:
+    """Pids of this user's ffmpeg processes, segmenters aside, with an argument
+    naming a file under ``data_dir``: clip encoders (they read and write the
+    clip worker's scratch files there) left by a service that died."""
+    roots = {os.path.abspath(data_dir) + os.sep, os.path.realpath(data_dir) + os.sep}
+    prefixes = tuple(root.encode() for root in roots)
+    return [
+        pid
+        for pid, argv in own_processes(own_pid)
+        if b"ffmpeg" in argv[0]
+        and not is_segmenter(argv)
+        and any(arg.startswith(prefixes) for arg in argv[1:])
+    ]
 
 
 async def end_orphans(reactor: Any, pids: list[int], grace: float = 5.0) -> None:
@@ -67,6 +80,10 @@ async def recover(
     node: str | None = None,
 ) -> RecoveryReport:
     report = RecoveryReport()
+    report.encoders = find_encoders(layout.data_dir)
+    if report.encoders:
+        log.warn("ending clip encoders left running: pids {pids}", pids=report.encoders)
+        await end_pids(reactor, report.encoders, "KILL", grace=1.0)
     if not os.path.isdir(layout.root):
         return report
     report.orphans = find_orphans(layout.root)

@@ -50,6 +50,10 @@ class JobQueries:
             " WHERE job_id = ? ORDER BY seq",
             (row[0],),
         )
+        return JobQueries._record(row, tuple(Clip(*clip) for clip in clips))
+
+    @staticmethod
+    def _record(row: Sequence[Any], clips: tuple[Clip, ...] = ()) -> ClipJob:
         return ClipJob(
             id=row[0],
             stream_id=row[1],
@@ -62,7 +66,7 @@ class JobQueries:
             error_message=row[8],
             progress=row[9],
             created_at=row[10],
-            clips=tuple(Clip(*clip) for clip in clips),
+            clips=clips,
             planned_at=row[11],
             waiting_for=row[12],
         )
@@ -164,23 +168,29 @@ class JobQueries:
     async def jobs_with_status(self, *statuses: str) -> list[ClipJob]:
         return await self._transaction(self._jobs_with_status(statuses))
 
-    async def jobs_to_build(self, now: float, limit: int) -> list[ClipJob]:
-        """Pending jobs that may be built now, oldest first, ``limit`` at most:
+    async def jobs_to_build(self, now: float, limit: int, grace: float = 0.0) -> list[ClipJob]:
+        """Pending jobs that may be built now, ``limit`` at most, in one query:
         those whose range has ended by ``now``, and those of streams that no
         longer record (their recording will not reach further). A job for a
-        range still to come costs nothing here until its time."""
-        return await self._transaction(self._jobs_to_build(now, limit))
+        range still to come costs nothing here until its time.
 
-    def _jobs_to_build(self, now: float, limit: int) -> Steps[list[ClipJob]]:
-        rows = yield Query(
-            f"SELECT {self._JOB_COLUMNS} FROM clip_jobs WHERE status = ? AND (stop_time <= ?"
-            " OR stream_id IN (SELECT id FROM streams WHERE wanted = 0)) ORDER BY id LIMIT ?",
-            (JOB_PENDING, now, limit),
+        First come, oldest first, those whose recording has reached their end
+        (or ended, or whose ``grace`` for late segments is over); then those
+        still waiting for their last segments, so these never hold up the rest.
+        """
+        stopped = "stream_id IN (SELECT id FROM streams WHERE wanted = 0)"
+        reached = (
+            "stop_time <= (SELECT last_end FROM stream_totals"
+            " WHERE stream_totals.stream_id = clip_jobs.stream_id)"
         )
-        jobs = []
-        for row in rows:
-            jobs.append((yield from self._job(row)))
-        return jobs
+        rows = await self._query(
+            f"SELECT {self._JOB_COLUMNS} FROM clip_jobs"
+            f" WHERE status = ? AND (stop_time <= ? OR {stopped})"
+            f" ORDER BY CASE WHEN {stopped} OR stop_time + ? < ? OR {reached} THEN 0 ELSE 1 END,"
+            " id LIMIT ?",
+            (JOB_PENDING, now, grace, now, limit),
+        )
+        return [self._record(row) for row in rows]  # pending: no clips yet
 
     async def next_job_stop(self, now: float) -> float | None:
         """When the next pending job's range ends, after ``now`` (None: no such job)."""
@@ -271,15 +281,17 @@ class JobQueries:
         rows = await self._query(query + " ORDER BY clip_spans.job_id, seq", params)
         return [SpanTask(*row) for row in rows]
 
-    async def claim_span(self, job_id: int, seq: int, builder: str) -> bool:
-        """Take a span to build: one not taken, or taken by a node that is gone."""
+    async def claim_span(self, job_id: int, seq: int, builder: str) -> int:
+        """Take a span to build: one not taken, or taken by a node that is gone.
+        Which build of the span this is (1 for the first; more after builds that
+        were interrupted), or 0 when another node has it."""
         rows = await self._query(
-            "UPDATE clip_spans SET status = ?, builder = ? WHERE job_id = ? AND seq = ?"
-            " AND (status = ? OR (status = ? AND builder NOT IN"
-            " (SELECT name FROM nodes WHERE expires_at > db_now()))) RETURNING seq",
+            "UPDATE clip_spans SET status = ?, builder = ?, attempts = attempts + 1"
+            " WHERE job_id = ? AND seq = ? AND (status = ? OR (status = ? AND builder NOT IN"
+            " (SELECT name FROM nodes WHERE expires_at > db_now()))) RETURNING attempts",
             (JOB_PROCESSING, builder, job_id, seq, JOB_PENDING, JOB_PROCESSING),
         )
-        return bool(rows)
+        return int(rows[0][0]) if rows else 0
 
     async def release_spans(self, builder: str) -> None:
         """Spans this node was building when it stopped: to be built again."""

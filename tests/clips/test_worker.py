@@ -221,7 +221,8 @@ class WorkerTests(WorkerBase):
 
 class BoundedQueueTests(WorkerBase):
     """Jobs for ranges still to come cost nothing until their time; the queue is
-    bounded; a job can be cancelled under its build."""
+    bounded; a job can be cancelled under its build; a build that is always
+    interrupted is not begun for ever."""
 
     def count_queries(self) -> list[str]:
         calls: list[str] = []
@@ -235,39 +236,70 @@ class BoundedQueueTests(WorkerBase):
             self.patch(self.store, name, counted)
         return calls
 
+    async def settle(self, looks: int = 0) -> None:
+        """Let the worker's look for work (its queries run in threads) end, and
+        wait until it has looked ``looks`` times in all."""
+        for _ in range(500):
+            if not self.worker._ticking and self.worker.looks >= looks:
+                return
+            await task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("the worker kept looking for work")
+
+    def start(self) -> defer.Deferred[None]:
+        self.worker.startService()
+        self.addCleanup(self.worker.stopService)
+        return defer.ensureDeferred(self.settle(self.worker.looks + 1))
+
     @defer.inlineCallbacks
     def test_future_jobs_cost_nothing_until_their_time(self):
         yield defer.ensureDeferred(self.store.mark_started(self.stream, T - 100))
+        yield defer.ensureDeferred(self.job(T - 10, T + 60))
         for n in range(300):
-            yield defer.ensureDeferred(self.job(T - 10 + n * 0.001, T + 60 + n))
-        self.worker.running = True
+            yield defer.ensureDeferred(self.job(T - 10 + n * 0.001, T + 600 + n))
         calls = self.count_queries()
-        yield defer.ensureDeferred(self.worker._tick())
-        self.assertLessEqual(len(calls), 6, calls)
-        self.assertEqual(self.encoder.requests, [])
+        yield self.start()
+        self.assertLessEqual(len(calls), 8, calls)  # the same with 3 jobs or 3000
         self.assertEqual(self.worker.waiting, set())
-        # The worker is woken when the first of them ends, not before.
-        woken = []
-        self.patch(self.worker, "wake", lambda: woken.append(self.clock.seconds()))
-        self.worker._schedule(T + 60)
-        self.clock.advance(59)
-        self.assertEqual(woken, [])
+        # Nothing is asked of the database while they wait: no polling.
+        del calls[:]
+        for _ in range(59):
+            self.clock.advance(1)
+            yield defer.ensureDeferred(self.settle())
+        self.assertEqual(calls, [])
+        self.assertEqual(self.encoder.requests, [])
+        # The first one's range ends: the worker looks, and waits for its
+        # last segments (they never come: the camera went quiet) for late_grace.
         self.clock.advance(1.1)
-        self.assertEqual(len(woken), 1)
-        self.worker.running = False
+        yield defer.ensureDeferred(self.settle())
+        self.assertNotEqual(calls, [])
+        self.assertEqual(self.worker.waiting, {self.stream})
+        del calls[:]
+        self.clock.advance(9)
+        yield defer.ensureDeferred(self.settle())
+        self.assertEqual(calls, [])
+        self.clock.advance(1)
+        yield defer.ensureDeferred(self.settle())
+        for _ in range(100):
+            if self.encoder.requests:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        [request] = self.encoder.requests
+        self.assertEqual((request.start, request.stop), (T - 10, T - 5))  # what was recorded
 
     @defer.inlineCallbacks
     def test_a_ready_job_is_not_starved_by_waiting_ones(self):
         yield defer.ensureDeferred(self.store.mark_started(self.stream, T - 100))
         for n in range(200):
             yield defer.ensureDeferred(self.job(T - 10 + n * 0.001, T + 600))
+        # Ranges that have ended, whose last segments are still to come.
+        for n in range(10):
+            yield defer.ensureDeferred(self.job(T - 8 + n * 0.001, T - 1))
         ready = yield defer.ensureDeferred(self.job(T - 50, T - 45))
-        self.worker.running = True
-        yield defer.ensureDeferred(self.worker._tick())
+        yield self.start()
         yield self.worker.builds.get(ready.id) or defer.succeed(None)
         done = yield defer.ensureDeferred(self.store.get_job(ready.id))
         self.assertEqual(done.status, JOB_DONE)
-        self.worker.running = False
+        self.assertEqual(self.worker.waiting, {self.stream})
 
     @defer.inlineCallbacks
     def test_the_queue_is_bounded(self):
@@ -285,24 +317,56 @@ class BoundedQueueTests(WorkerBase):
             self.store.find_or_create_job(self.stream, T - 50, None, T, "copy", {}, T, 3)
         )
         self.assertFalse(created)
+        # Finished jobs leave room.
+        yield defer.ensureDeferred(self.store.set_job_status(job.id, JOB_FAILED, T))
+        _, created = yield defer.ensureDeferred(
+            self.store.find_or_create_job(self.stream, T - 40, None, T, "copy", {}, T, 3)
+        )
+        self.assertTrue(created)
 
     @defer.inlineCallbacks
     def test_a_cancelled_job_stops_its_build(self):
         job = yield defer.ensureDeferred(self.job(T - 50, T - 45, encoder="stuck"))
-        self.worker.running = True
-        yield defer.ensureDeferred(self.worker._tick())
+        yield self.start()
         for _ in range(100):
             if os.listdir(self.worker.scratch_dir):
                 break
             yield task.deferLater(reactor, 0.02, lambda: None)
         self.assertIn(job.id, self.worker.builds)
-        # Cancelled elsewhere (another node's API): the next tick drops the build.
+        # Cancelled elsewhere (another node's API): its next look drops the build.
         cancelled = yield defer.ensureDeferred(self.store.cancel_job(job.id, T, "cancelled"))
         self.assertTrue(cancelled)
-        yield defer.ensureDeferred(self.worker._tick())
+        self.worker.wake()
+        yield defer.ensureDeferred(self.settle())
         self.assertEqual(self.worker.builds, {})
+        self.assertEqual(os.listdir(self.worker.scratch_dir), [])
         current = yield defer.ensureDeferred(self.store.get_job(job.id))
         self.assertEqual((current.status, current.error_message), (JOB_FAILED, "cancelled"))
         again = yield defer.ensureDeferred(self.store.cancel_job(job.id, T, "cancelled"))
         self.assertFalse(again)
-        self.worker.running = False
+
+    @defer.inlineCallbacks
+    def test_a_build_interrupted_again_and_again_is_given_up(self):
+        self.worker.node = "here"
+        yield defer.ensureDeferred(self.store.register_node("here", "http://here", None, 600))
+        job = yield defer.ensureDeferred(self.job(T - 50, T - 45, encoder="stuck"))
+        for attempt in range(1, 4):  # the service stops (or dies) under each build
+            self.worker.startService()
+            yield defer.ensureDeferred(self.settle(self.worker.looks + 1))
+            for _ in range(100):
+                if os.listdir(self.worker.scratch_dir):
+                    break
+                yield task.deferLater(reactor, 0.02, lambda: None)
+            self.assertIn(job.id, self.worker.builds, attempt)
+            self.worker.stopService()
+            current = yield defer.ensureDeferred(self.store.get_job(job.id))
+            self.assertEqual(current.status, JOB_PROCESSING)
+        yield self.start()
+        for _ in range(100):
+            current = yield defer.ensureDeferred(self.store.get_job(job.id))
+            if current.status != JOB_PROCESSING:
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(current.status, JOB_FAILED)
+        self.assertIn("begun 3 times and interrupted each time", current.error_message)
+        self.assertEqual(self.notified[-1][0], "clip_failed")

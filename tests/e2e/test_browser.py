@@ -116,32 +116,11 @@ function send() {
                     body: JSON.stringify(result)});
 }
 
-// Mean luma (BT.601 on the RGB the browser gives us) of the 16 code blocks,
-// left to right, over the inner part of each block (as tests.support.framecode reads it).
+// The 16 code blocks of the frame shown (tests.support.framecode.READ_CODE_JS).
+%(read_code)s
 function grab() {
-  const w = video.videoWidth, h = video.videoHeight;
-  canvas.width = w;
-  canvas.height = h;
-  const ctx = canvas.getContext("2d", {willReadFrequently: true});
-  ctx.drawImage(video, 0, 0, w, h);
-  const bw = w / 16, bh = Math.round(16 * h / 240), m = 2;
-  const px = ctx.getImageData(0, 0, w, bh).data;
-  let painted = false;  // a frame not decoded yet draws nothing: transparent pixels
-  for (let i = 3; i < px.length && !painted; i += 4) painted = px[i] !== 0;
-  const means = [];
-  for (let k = 0; k < 16; k++) {
-    let sum = 0, n = 0;
-    for (let y = m; y < bh - m; y++) {
-      for (let x = Math.round(k * bw) + m; x < Math.round((k + 1) * bw) - m; x++) {
-        const i = 4 * (y * w + x);
-        sum += 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
-        n++;
-      }
-    }
-    means.push(sum / n);
-  }
-  return {currentTime: video.currentTime, duration: video.duration,
-          width: w, height: h, means: means, painted: painted};
+  const read = readCode(video, video.videoWidth, video.videoHeight);
+  return {...read, currentTime: video.currentTime, duration: video.duration};
 }
 
 for (const name of ["loadedmetadata", "loadeddata", "canplay", "play", "playing",
@@ -358,6 +337,7 @@ class ChromiumTestCase(unittest.TestCase):
                     % {
                         "src": src,
                         "crossorigin": "" if same_origin else ' crossorigin="anonymous"',
+                        "read_code": framecode.READ_CODE_JS,
                     }
                 ).encode(),
                 "text/html; charset=utf-8",

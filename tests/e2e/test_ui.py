@@ -73,33 +73,18 @@ WAIT = 25_000
 
 #: Pauses the page's <video>, then reads the painted frame number's blocks
 #: through a canvas (as tests/e2e/test_browser.py does).
-GRAB = """async () => {
+GRAB = (
+    """async () => {"""
+    + framecode.READ_CODE_JS
+    + """
   const video = document.getElementById("video");
   video.pause();
   await new Promise((resolve) => setTimeout(resolve, 200));
-  const w = video.videoWidth, h = video.videoHeight;
-  const canvas = document.createElement("canvas");
-  canvas.width = w;
-  canvas.height = h;
-  const ctx = canvas.getContext("2d", {willReadFrequently: true});
-  ctx.drawImage(video, 0, 0, w, h);
-  const bw = w / 16, bh = Math.round(16 * h / 240), m = 2;
-  const px = ctx.getImageData(0, 0, w, bh).data;
-  const means = [];
-  for (let k = 0; k < 16; k++) {
-    let sum = 0, n = 0;
-    for (let y = m; y < bh - m; y++) {
-      for (let x = Math.round(k * bw) + m; x < Math.round((k + 1) * bw) - m; x++) {
-        const i = 4 * (y * w + x);
-        sum += 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
-        n++;
-      }
-    }
-    means.push(sum / n);
-  }
+  const read = readCode(video, video.videoWidth, video.videoHeight);
   return {start: Number(video.dataset.start), currentTime: video.currentTime,
-          src: video.currentSrc, width: w, height: h, means};
+          src: video.currentSrc, width: read.width, height: read.height, means: read.means};
 }"""
+)
 
 #: True once the <video> plays something that started at or after ``after``.
 PLAYING = """(after) => {

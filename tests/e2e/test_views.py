@@ -50,30 +50,9 @@ function send() {
                     body: JSON.stringify(result)});
 }
 
-// Mean luma of the 16 code blocks of a picture (as tests.support.framecode reads it).
-function means(source, w, h) {
-  canvas.width = w;
-  canvas.height = h;
-  const ctx = canvas.getContext("2d", {willReadFrequently: true});
-  ctx.drawImage(source, 0, 0, w, h);
-  const bw = w / 16, bh = Math.round(16 * h / 240), m = 2;
-  const px = ctx.getImageData(0, 0, w, bh).data;
-  let painted = false;
-  for (let i = 3; i < px.length && !painted; i += 4) painted = px[i] !== 0;
-  const out = [];
-  for (let k = 0; k < 16; k++) {
-    let sum = 0, n = 0;
-    for (let y = m; y < bh - m; y++) {
-      for (let x = Math.round(k * bw) + m; x < Math.round((k + 1) * bw) - m; x++) {
-        const i = 4 * (y * w + x);
-        sum += 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
-        n++;
-      }
-    }
-    out.push(sum / n);
-  }
-  return {means: out, painted: painted, width: w, height: h};
-}
+// The 16 code blocks of a picture (tests.support.framecode.READ_CODE_JS).
+%(read_code)s
+const means = readCode;
 
 async function grabVideo() {
   for (let tries = 0; tries < 100; tries++) {
@@ -162,6 +141,7 @@ class ArchiveInChromiumTests(ChromiumTestCase):
                 "src": f"{stream}/archive.mp4?start={T0 + START:.3f}",
                 "seeks": json.dumps(SEEKS),
                 "snapshot": f"{stream}/snapshot?t={T0 + SNAPSHOT:.3f}",
+                "read_code": framecode.READ_CODE_JS,
             }
         ).encode()
         chromium = self.spawn_chromium(base + "/page.html")

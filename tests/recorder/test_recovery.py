@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from streamrec.media.ffmpeg import pid_alive
 from streamrec.recorder.indexing import SegmentChecker
 from streamrec.recorder.layout import SegmentLayout
-from streamrec.recorder.recovery import end_orphans, find_orphans, recover
+from streamrec.recorder.recovery import end_orphans, find_encoders, find_orphans, recover
 from streamrec.store import open_store
 
 from ..support.recordings import recording
@@ -43,6 +43,41 @@ class OrphanTests(unittest.TestCase):
             self.assertIsNone(shell.poll())
 
         return defer.ensureDeferred(end_orphans(reactor, [orphan.pid], grace=2)).addCallback(check)
+
+
+class EncoderTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_encoders_a_dead_service_left_are_killed(self):
+        """Clip encoders name scratch files of the data dir on their command line:
+        recovery kills them (with no segment tree yet), and nothing else."""
+        data_dir = os.path.abspath(self.mktemp())
+        scratch = os.path.join(data_dir, "tmp")
+        os.makedirs(scratch)
+        elsewhere = os.path.abspath(self.mktemp())
+        sleep = "import time; time.sleep(60)"
+
+        def ffmpeg(*args: str) -> subprocess.Popen[bytes]:
+            process = subprocess.Popen(["ffmpeg", "-c", sleep, *args], executable=sys.executable)
+            self.addCleanup(process.kill)
+            return process
+
+        encoder = ffmpeg("-i", os.path.join(scratch, ".k.mp4.source.mp4"), "-y", "out.part")
+        bystander = ffmpeg("-i", os.path.join(elsewhere, "a.mp4"), "-y", "b.mp4")
+        segmenter = ffmpeg("-i", "rtsp://cam/x", "-segment_list", "pipe:1", scratch + "/x")
+        self.assertEqual(find_encoders(data_dir), [encoder.pid])
+        report = yield defer.ensureDeferred(
+            recover(
+                reactor=reactor,
+                store=None,  # type: ignore[arg-type]  # no segment tree: never asked
+                layout=SegmentLayout(data_dir),
+                checker=None,  # type: ignore[arg-type]
+            )
+        )
+        self.assertEqual(report.encoders, [encoder.pid])
+        yield deferToThread(encoder.wait, 10)
+        self.assertEqual(encoder.returncode, -9)  # KILL at once: its output is thrown away
+        self.assertIsNone(bystander.poll())
+        self.assertIsNone(segmenter.poll())  # segmenters are ended (gently) by cwd instead
 
 
 class RecoverTests(unittest.TestCase):

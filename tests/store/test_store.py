@@ -18,7 +18,7 @@ import psycopg2
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from streamrec.errors import DatabaseUnavailable
+from streamrec.errors import ClipQueueFull, DatabaseUnavailable
 from streamrec.store import (
     JOB_DONE,
     JOB_EXPIRED,
@@ -75,7 +75,7 @@ def run(fn: Any) -> Any:
 
 
 #: The version the schema files build.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: What schema 005 (several nodes) added to the older tables.
 CLUSTER_COLUMNS = [
@@ -337,6 +337,7 @@ class StoreTestsMixin:
         await self.store._operation("DROP TABLE nodes")
         await self.store._operation("DROP TABLE clip_spans")
         await self.store._operation("DROP TABLE recorded_spans")
+        await self.store._operation("DROP INDEX clip_jobs_waiting")
         for table, column in CLUSTER_COLUMNS:
             await self.store._operation(f"ALTER TABLE {table} DROP COLUMN {column}")
         self.assertEqual(await self.store.migrate(), SCHEMA_VERSION)
@@ -498,6 +499,78 @@ class StoreTestsMixin:
         self.assertNotEqual(anew.id, job.id)
         self.assertEqual((anew.status, anew.created_at), (JOB_PENDING, NOW + 30))
         self.assertEqual([j.id for j in await self.store.jobs_with_status(JOB_EXPIRED)], [job.id])
+
+    @run
+    async def test_jobs_to_build_come_ready_first_and_future_ones_wait(self) -> None:
+        stream, _ = await self.recording()  # recorded to NOW + 6
+        await self.store.mark_started(stream, NOW)
+        now, grace = NOW + 10, 5
+        reached, _ = await self.job(stream, NOW, NOW + 4)
+        lagging, _ = await self.job(stream, NOW + 5, NOW + 8)  # its last segments are late
+        also, _ = await self.job(stream, NOW + 1, NOW + 5)
+        later, _ = await self.job(stream, NOW, NOW + 30)
+        soon, _ = await self.job(stream, NOW, NOW + 20)
+        stopped = await self.store.create_stream("rtsp://cam/2", "", NOW)  # not recording
+        other, _ = await self.job(stopped, NOW, NOW + 100)
+
+        async def ids(at: float, limit: int = 10) -> list[int]:
+            return [job.id for job in await self.store.jobs_to_build(at, limit, grace)]
+
+        self.assertEqual(await ids(now), [reached.id, also.id, other.id, lagging.id])
+        self.assertEqual(await ids(now, 2), [reached.id, also.id])
+        # Once its grace is over, the late one waits no more: oldest first.
+        self.assertEqual(await ids(NOW + 14), [reached.id, lagging.id, also.id, other.id])
+        [first] = await self.store.jobs_to_build(now, 1, grace)
+        self.assertEqual(first, await self.store.get_job(reached.id))
+        self.assertEqual(await self.store.next_job_stop(now), NOW + 20)
+        self.assertEqual(await self.store.next_job_stop(NOW + 20), NOW + 30)
+        # A cancelled job is failed, waits no more, and is not cancelled twice.
+        self.assertTrue(await self.store.cancel_job(soon.id, now, "cancelled"))
+        self.assertFalse(await self.store.cancel_job(soon.id, now + 1, "again"))
+        self.assertEqual(await self.store.next_job_stop(now), NOW + 30)
+        cancelled = await self.store.get_job(soon.id)
+        self.assertEqual((cancelled.status, cancelled.error_message), (JOB_FAILED, "cancelled"))
+        self.assertEqual(
+            await self.store.job_statuses([reached.id, soon.id, soon.id + 99]),
+            {reached.id: JOB_PENDING, soon.id: JOB_FAILED},
+        )
+        self.assertEqual(await self.store.job_statuses([]), {})
+        self.assertEqual(await self.store.next_job_stop(NOW + 100), None)
+
+    @run
+    async def test_a_full_queue_takes_no_new_job(self) -> None:
+        stream, _ = await self.recording()
+
+        async def ask(start: float) -> Any:
+            return await self.store.find_or_create_job(
+                stream, start, NOW + 6, NOW + 6, "fast", {}, NOW + 10, 2
+            )
+
+        first, _ = await ask(NOW)
+        await ask(NOW + 1)
+        with self.assertRaises(ClipQueueFull) as caught:
+            await ask(NOW + 2)
+        self.assertIn("2 clip jobs are not finished (at most 2)", caught.exception.reason)
+        self.assertEqual((await ask(NOW))[0].id, first.id)  # asking again is answered
+        await self.store.set_job_status(first.id, JOB_DONE, NOW + 11)
+        self.assertTrue((await ask(NOW + 2))[1])  # a finished job leaves room
+        rows = await self.store._query("SELECT COUNT(*) FROM clip_jobs")
+        self.assertEqual(rows[0][0], 3)
+
+    @run
+    async def test_each_claim_of_a_span_is_counted(self) -> None:
+        stream, _ = await self.recording()
+        job, _ = await self.job(stream, NOW, NOW + 4)
+        run_id = (await self.store.segments_between(stream, NOW, NOW + 4))[0].run_id
+        await self.store.plan_job(job.id, [(run_id, "a", NOW, NOW + 4)], NOW + 11)
+        incarnation = await self.store.register_node("a", "http://a", None, 60)
+        self.assertEqual(await self.store.claim_span(job.id, 0, "a"), 1)
+        self.assertEqual(await self.store.claim_span(job.id, 0, "b"), 0)  # a holds it
+        await self.store.release_spans("a")  # a stopped under the build
+        self.assertEqual(await self.store.claim_span(job.id, 0, "a"), 2)
+        self.assertEqual(await self.store.claim_span(job.id, 0, "gone-b"), 0)
+        await self.store.leave("a", incarnation)  # a died: another node takes the span over
+        self.assertEqual(await self.store.claim_span(job.id, 0, "b"), 3)
 
     @run
     async def test_concurrent_requests_make_one_job(self) -> None:

@@ -116,3 +116,36 @@ def code_margin(frame):
 
     Useful in tests to assert the code is read with a healthy margin."""
     return min(abs(v - 128) for v in read_bits(frame))
+
+
+#: The same reading in a browser: ``readCode(source, w, h)`` draws a <video> or
+#: an <img> into a fresh canvas and gives the mean luma (BT.601 on the RGB the
+#: browser gives) of the 16 code blocks, left to right, over the inner part of
+#: each, and whether anything was painted (a frame not decoded yet draws
+#: transparent pixels). :func:`number_from_means` turns ``means`` into the number.
+READ_CODE_JS = """
+function readCode(source, w, h) {
+  const canvas = document.createElement("canvas");
+  canvas.width = w;
+  canvas.height = h;
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  ctx.drawImage(source, 0, 0, w, h);
+  const bw = w / 16, bh = Math.round(16 * h / 240), m = 2;
+  const px = ctx.getImageData(0, 0, w, bh).data;
+  let painted = false;
+  for (let i = 3; i < px.length && !painted; i += 4) painted = px[i] !== 0;
+  const means = [];
+  for (let k = 0; k < 16; k++) {
+    let sum = 0, n = 0;
+    for (let y = m; y < bh - m; y++) {
+      for (let x = Math.round(k * bw) + m; x < Math.round((k + 1) * bw) - m; x++) {
+        const i = 4 * (y * w + x);
+        sum += 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
+        n++;
+      }
+    }
+    means.push(sum / n);
+  }
+  return {means: means, painted: painted, width: w, height: h};
+}
+"""
