@@ -38,7 +38,7 @@ log = Logger(namespace="streamrec.core")
 #: Seconds between looks at the database while another node starts or stops a stream.
 WAIT_STEP = 0.1
 #: Seconds between looks at a quick clip job that get_clip waits for.
-QUICK_ANSWER_STEP = 0.02
+QUICK_ANSWER_STEP = 0.05
 
 
 class RecorderEvents:

@@ -137,18 +137,6 @@ def death_launcher(signal_name: str) -> list[str]:
     return [setpriv, "--pdeathsig", signal_name] if setpriv else []
 
 
-def kill_leftovers(argument_prefix: str) -> list[int]:
-    """SIGKILL this user's ffmpeg processes with an argument under
-    ``argument_prefix``: encoders a dead service left, whose output is thrown away."""
-    pids = find_processes(argument_prefix)
-    for pid in pids:
-        try:
-            os.kill(pid, signals.SIGKILL)
-        except OSError:
-            continue
-    return pids
-
-
 def own_processes(own_pid: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
     """(pid, argv) of every other process of this user, read from ``/proc``."""
     for entry in os.listdir("/proc"):
@@ -161,17 +149,6 @@ def own_processes(own_pid: int | None = None) -> Iterator[tuple[int, list[bytes]
                 yield int(entry), handle.read().split(b"\0")
         except OSError:
             continue
-
-
-def find_processes(argument_prefix: str, own_pid: int | None = None) -> list[int]:
-    """Pids of this user's ffmpeg processes with an argument under ``argument_prefix``
-    (a directory only this service writes): what a dead service left running."""
-    prefix = argument_prefix.encode()
-    return [
-        pid
-        for pid, argv in own_processes(own_pid)
-        if b"ffmpeg" in argv[0] and any(arg.startswith(prefix) for arg in argv[1:])
-    ]
 
 
 def spawn(

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
@@ -120,6 +121,18 @@ class StoreTestsMixin:
         return stream, run_id
 
     # -- schema ---------------------------------------------------------
+    def test_schema_files_are_numbered_once(self) -> None:
+        """Each version is one file, with the same name for both engines: two files
+        of one version would leave the second unapplied wherever the first was."""
+        folder = resources.files("streamrec.store") / "schema"
+        names = {
+            dialect: sorted(e.name for e in (folder / dialect).iterdir() if e.name.endswith(".sql"))
+            for dialect in ("sqlite", "postgresql")
+        }
+        self.assertEqual(names["sqlite"], names["postgresql"])
+        versions = [int(name.split("_", 1)[0]) for name in names["sqlite"]]
+        self.assertEqual(versions, list(range(1, SCHEMA_VERSION + 1)), names["sqlite"])
+
     @run
     async def test_migrate_is_idempotent(self) -> None:
         self.assertEqual(self.version, SCHEMA_VERSION)
