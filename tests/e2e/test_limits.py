@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import resource
-import subprocess
 import time
 from collections import Counter
 from typing import Any
@@ -24,7 +23,7 @@ from twisted.internet.interfaces import IDelayedCall
 
 from ..support.harness import ServiceTestCase, sleep, until
 from ..support.livesource import UdpTsSource
-from ..support.service_process import ROOT, ServiceProcess, child_env, kill_processes_under
+from ..support.service_process import ServiceProcess, kill_processes_under
 from .test_faults import gaps, indexed, losses, lost_count, quarantined
 
 #: RLIMIT_NOFILE of the service.
@@ -40,19 +39,9 @@ COME_BACK = 1.0
 class LimitedService(ServiceProcess):
     """The service with a soft and hard RLIMIT_NOFILE of ``NOFILE``."""
 
-    def spawn(self) -> None:
-        os.makedirs(self.data_dir, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=ROOT,
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE)),
-        )
+    @staticmethod
+    def in_child() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
 
     def descriptors(self) -> int:
         try:

@@ -159,7 +159,11 @@ class ServiceProcess(Service):
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self.in_child,
         )
+
+    #: Run in the child before it executes the service (limits, say); None: nothing.
+    in_child: Any = None
 
     async def start(self, timeout: float = 40) -> ServiceProcess:
         """Spawn and wait (bounded) until the API answers."""
