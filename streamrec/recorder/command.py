@@ -12,11 +12,17 @@ from .layout import SEGMENT_PATTERN
 PROGRESS_FD = 3
 
 # Fragmented MP4: clips are cut from the moof/trun sample tables without
-# remuxing, and a killed ffmpeg leaves every fragment (one per GOP) on disk:
-# the segment's own muxer flushes each one as it is written. delay_moov: the
-# init moov waits for the first fragment, so AAC copied from ADTS (MPEG-TS
-# sources) has its AudioSpecificConfig in the first segment of a run too.
-FRAGMENTED_MP4 = "movflags=+frag_keyframe+empty_moov+default_base_moof+delay_moov:flush_packets=1"
+# remuxing. A fragment is closed at every key frame and every 0.25 s
+# (frag_duration) whatever the GOP, and flushed as it is written, so a killed
+# ffmpeg loses at most the quarter second it was writing, and a clip that ends
+# at the live edge is cut from the fragments of the segment still being
+# written. delay_moov: the init moov waits for the first fragment, so AAC
+# copied from ADTS (MPEG-TS sources) has its AudioSpecificConfig in the first
+# segment of a run too.
+FRAGMENTED_MP4 = (
+    "movflags=+frag_keyframe+empty_moov+default_base_moof+delay_moov"
+    ":frag_duration=250000:flush_packets=1"
+)
 
 
 #: Source audio recorded as it is: what MP4 and browsers take. The rest

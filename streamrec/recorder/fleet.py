@@ -35,6 +35,11 @@ class Recorders:
         recorder = self.by_stream.get(stream_id)
         return recorder is not None and recorder.busy()
 
+    def live_tail(self, stream_id: int) -> tuple[int, str, float] | None:
+        """``(run id, path, wall start)`` of the segment being written for the stream here."""
+        recorder = self.by_stream.get(stream_id)
+        return recorder.live_tail() if recorder is not None else None
+
     def live_status(self, stream_id: int) -> dict[str, Any]:
         """What the stream's recorder reports, empty when it has none."""
         recorder = self.by_stream.get(stream_id)

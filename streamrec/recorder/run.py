@@ -3,6 +3,7 @@ process, and the backoff between launches."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from twisted.internet import defer
 
 from ..media.ffmpeg import FfmpegChild
+from .layout import segment_name
 from .timeline import RunClock
 
 
@@ -47,6 +49,8 @@ class Run:
     # Ended on purpose before it recorded, to launch again with other audio options.
     relaunch: str | None = None
     last_index: int = -1
+    # The number of the latest segment on the index (-1: none yet).
+    indexed_index: int = -1
     segments: int = 0
     opened: bool = False
     disk_full: str | None = None
@@ -64,3 +68,16 @@ class Run:
     @property
     def exited(self) -> bool:
         return self.child.exited
+
+    def tail(self) -> tuple[str, float] | None:
+        """``(path, wall start)`` of the segment ffmpeg is writing now, right
+        after the last indexed one; None before the first is indexed.
+
+        Its fragments are on disk as soon as they are written (a quarter of a
+        second each, whatever the GOP), so a clip that ends at the live edge
+        can be cut from them before the segment closes.
+        """
+        if self.exited or not self.clock.settled or self.clock.last_end is None:
+            return None
+        path = os.path.join(self.directory, segment_name(self.indexed_index + 1))
+        return path, self.clock.last_end

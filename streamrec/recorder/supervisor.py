@@ -166,6 +166,11 @@ class Recorder:
             "pid": getattr(self.process, "pid", None),
         }
 
+    def live_tail(self) -> tuple[int, str, float] | None:
+        """``(run id, path, wall start)`` of the segment being written (:meth:`Run.tail`)."""
+        tail = self.run.tail() if self.run is not None else None
+        return None if tail is None else (self.run.run_id, *tail)  # type: ignore[union-attr]
+
     # -- the API ------------------------------------------------------------
     async def start(self, epoch: int = 0) -> None:
         """Start recording; raise CannotStart if ffmpeg fails before the source opens."""
@@ -546,6 +551,8 @@ class Recorder:
             os.remove(path)
             return
         run.clock.indexed(end)
+        number = segment_index(os.path.basename(path))
+        run.indexed_index = number if number is not None else run.indexed_index + 1
         run.segments += 1
         if run is self.run and not run.exited:
             self._arm_watchdog()

@@ -3,23 +3,42 @@
 ffmpeg's output timeline starts at 0 with the first packet it received. Every
 report about it (a closed segment's end, a progress line) that arrives at
 wall time W about media time M bounds the run's *anchor* (the wall time of
-media time 0) from above: ``anchor <= W - M``. The smallest bound seen is the
-anchor. When it improves after segments were indexed, those segments are
-shifted with it (:meth:`RunClock.reanchor`), so one run is always one
-consistent timeline.
+media time 0) from above: ``anchor <= W - M``. The smallest bound of the last
+:data:`BOUND_WINDOW` seconds of media is the anchor: the least delayed report
+wins, as in Moonfire NVR's ``design/time.md``, whose window is one recording.
 
 Right after it opens a source, ffmpeg writes out at once what it buffered
 while probing: media time runs ahead of the wall clock and the anchor is
 still far too late. Segments are held back until media time advances at the
 pace of the wall clock (or :data:`SETTLE_LIMIT` seconds have passed); the
-anchor is then good to a few milliseconds.
+anchor is then good to a few milliseconds plus the arrival jitter (tens of
+milliseconds). While the run is young (:data:`REANCHOR_SECONDS` of media
+after its first indexed segment), a better anchor by at most
+:data:`STEP_THRESHOLD` moves the segments already indexed with it
+(:meth:`RunClock.reanchor`), so one run is one consistent timeline.
+
+Later, or by more, the anchor moves because the wall clock did: NTP stepped
+it, or it drifts. A step back makes every bound smaller at once; a step
+forward makes them larger, and the window lets the old bounds expire. The
+indexed past is then never moved: each new segment starts where the last
+one ended and its wall duration is its media duration stretched or shrunk
+by at most :data:`SLEW_RATE` (500 ppm, Moonfire's bound), until the index
+meets the clock again: a 5 s step takes 10,000 s of media. So the index
+never goes backwards, never overlaps, and shows a gap only where media is
+missing. :attr:`RunClock.error` is how far the index is from the clock and
+:attr:`RunClock.slewing` whether it is catching up.
+
+The wall clock is all there is here: a lasting rise in latency (a source
+that fell behind) looks like a forward step and is followed the same way,
+at the same bounded rate.
 
 No I/O here: the recorder feeds observations in and applies the answers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 #: Segments are indexed at the latest this long after ffmpeg started, even if
 #: its output never settled to the pace of the wall clock.
@@ -31,11 +50,29 @@ PACE_WINDOW = 0.3
 #: Media time may run this much faster than the wall clock and count as settled.
 PACE_TOLERANCE = 1.1
 
-#: Anchor changes smaller than this are noise, not a better bound.
+#: Anchor changes smaller than this are noise, not a better bound; an index
+#: this close to the clock is not slewed.
 ANCHOR_EPSILON = 0.002
 
 #: A segment whose start is this close to the previous end follows it exactly.
 JOIN_TOLERANCE = 0.25
+
+#: The anchor is the smallest bound reported over this many seconds of media.
+#: A forward step of the wall clock is seen once the bounds before it expired.
+BOUND_WINDOW = 60.0
+
+#: For this long (media seconds) after the run's first indexed segment, a
+#: better anchor moves the indexed segments (ffmpeg's output settling).
+REANCHOR_SECONDS = 30.0
+
+#: An anchor change larger than this is a clock step, never a better bound:
+#: above the arrival jitter (tens of ms), below the smallest step ntpd makes
+#: (128 ms; timesyncd steps from 400 ms, chrony's default from 1 s).
+STEP_THRESHOLD = 0.1
+
+#: The most a segment's wall duration differs from its media duration while
+#: the index catches up with the clock: 500 ppm, 1 ms on a 2 s segment.
+SLEW_RATE = 500e-6
 
 
 @dataclass(frozen=True)
@@ -49,24 +86,64 @@ class Observation:
 
 @dataclass
 class RunClock:
-    """The wall-clock mapping of one run."""
+    """The wall-clock mapping of one run: wall time = ``indexed_anchor`` + media time."""
 
     started_at: float
-    anchor: float | None = None  # the smallest W - M seen
-    indexed_anchor: float | None = None  # the anchor the indexed segments use
+    anchor: float | None = None  # the smallest W - M of the window: the target
+    indexed_anchor: float | None = None  # the anchor the latest indexed segment uses
     settled: bool = False
     last_observation: tuple[float, float] | None = None
     last_media: float | None = None  # the latest media time ffmpeg reported
     last_end: float | None = None  # wall end of the last indexed segment
+    # (media, bound) of the window, bounds rising: the front is the smallest.
+    bounds: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
+    media: float = 0.0  # the latest media time observed
+    first_media: float | None = None  # media end of the first placed segment
+    placed_media: float | None = None  # media end of the latest placed segment
+
+    def __post_init__(self) -> None:
+        if self.anchor is not None and not self.bounds:
+            self.bounds.append((0.0, self.anchor))
+
+    @property
+    def error(self) -> float:
+        """Seconds from the indexed mapping to the clock's: positive when the
+        index is early and its segments are being stretched."""
+        if self.anchor is None or self.indexed_anchor is None:
+            return 0.0
+        return self.anchor - self.indexed_anchor
+
+    @property
+    def slewing(self) -> bool:
+        """Is the index catching up with the clock, segment by segment?"""
+        error = self.error
+        return abs(error) > ANCHOR_EPSILON and not self._shifts(error)
 
     def observe(self, wall: float, media: float) -> Observation:
         """A report at wall time ``wall`` about media time ``media``."""
         settled = not self.settled and self._pace(wall, media)
-        bound = wall - media
-        improved = self.anchor is None or bound < self.anchor - ANCHOR_EPSILON
-        if improved:
-            self.anchor = bound
-        return Observation(settled, improved and self.indexed_anchor is not None)
+        self.media = max(self.media, media)
+        least, previous = self._bound(wall - media), self.anchor
+        if previous is None or abs(least - previous) > ANCHOR_EPSILON:
+            self.anchor = least
+        improved = previous is None or least < previous - ANCHOR_EPSILON
+        return Observation(settled, improved and self._shifts(self.error))
+
+    def _bound(self, bound: float) -> float:
+        """Add a bound to the window; the smallest one in it."""
+        bounds = self.bounds
+        while bounds and bounds[-1][1] >= bound:
+            bounds.pop()  # never the smallest again: it expires first
+        bounds.append((self.media, bound))
+        while bounds[0][0] < self.media - BOUND_WINDOW:
+            bounds.popleft()
+        return bounds[0][1]
+
+    def _shifts(self, error: float) -> bool:
+        """Is this error a better anchor that moves the indexed segments?"""
+        if self.indexed_anchor is None or error > -ANCHOR_EPSILON or -error > STEP_THRESHOLD:
+            return False
+        return self.first_media is None or self.media <= self.first_media + REANCHOR_SECONDS
 
     def _pace(self, wall: float, media: float) -> bool:
         """Has media time started to advance at the pace of the wall clock?"""
@@ -90,16 +167,28 @@ class RunClock:
 
     def reanchor(self) -> float:
         """Move the indexed timeline to the better anchor: the shift to apply to
-        the run's indexed segments (0.0 when there is none)."""
-        if self.indexed_anchor is None or self.anchor is None:
-            return 0.0
-        delta = self.anchor - self.indexed_anchor
-        if delta > -ANCHOR_EPSILON:
+        the run's indexed segments (0.0 when there is none, or when the index
+        slews instead)."""
+        delta = self.error
+        if not self._shifts(delta):
             return 0.0
         self.indexed_anchor = self.anchor
         if self.last_end is not None:
             self.last_end += delta
         return delta
+
+    def _slew(self, media: float) -> float:
+        """Move the indexed anchor toward the anchor by what ``media`` seconds
+        allow; the move."""
+        if self.anchor is None or self.indexed_anchor is None or media <= 0:
+            return 0.0
+        error = self.anchor - self.indexed_anchor
+        if abs(error) <= ANCHOR_EPSILON:
+            return 0.0
+        limit = media * SLEW_RATE
+        step = max(-limit, min(limit, error))
+        self.indexed_anchor += step
+        return step
 
     def place(self, duration: float, media_end: float | None) -> tuple[float, float]:
         """Wall ``(start, end)`` of the next segment of the run.
@@ -107,20 +196,34 @@ class RunClock:
         ``media_end`` is where ffmpeg said the segment ends, None for a
         segment whose close was never reported (ffmpeg died writing it): that
         one follows the previous segment, or ends at the last reported time.
-        Call :meth:`reanchor` first, and :meth:`indexed` once it is stored.
+        A segment starts at the previous end unless media is missing between
+        them, never before it. Call :meth:`reanchor` first, and
+        :meth:`indexed` once it is stored.
         """
         if self.indexed_anchor is None:
             self.indexed_anchor = self.anchor if self.anchor is not None else self.started_at
         if media_end is not None:
+            if self.placed_media is not None:
+                self._slew(media_end - self.placed_media)
+            self._placed(media_end)
             end = self.indexed_anchor + media_end
             start = end - duration
-            if self.last_end is not None and abs(start - self.last_end) < JOIN_TOLERANCE:
+            if self.last_end is not None and start - self.last_end < JOIN_TOLERANCE:
                 start = self.last_end  # the usual case: right after the previous one
+            if end <= start:  # reports out of order: keep the index going forward
+                end = start + duration
             return start, end
         if self.last_end is not None:
-            return self.last_end, self.last_end + duration
+            self._placed((self.placed_media or 0.0) + duration)
+            return self.last_end, self.last_end + duration + self._slew(duration)
         end = self.indexed_anchor + (self.last_media or duration)
+        self._placed(self.last_media or duration)
         return end - duration, end
+
+    def _placed(self, media_end: float) -> None:
+        if self.first_media is None:
+            self.first_media = media_end
+        self.placed_media = media_end
 
     def indexed(self, end: float) -> None:
         self.last_end = end

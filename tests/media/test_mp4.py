@@ -18,6 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from streamrec.media import fmp4
 from streamrec.media.fmp4 import segment_span
 from streamrec.media.mp4 import ClipResult, Mp4Error, SegmentPiece, build_clip
+from streamrec.recorder.command import FRAGMENTED_MP4
+from streamrec.recorder.validate import validate_segment
 
 from ..support.recordings import (
     FFMPEG,
@@ -193,6 +195,23 @@ class H264NegativeCtsTests(ClipTestMixin, SynchronousTestCase):
         trun = data.index(b"trun")
         self.assertEqual(data[trun + 4], 1)
         self.assertTrue(any(c != seg.video.cto[0] for c in seg.video.cto))
+
+
+class SubGopFragmentTests(ClipTestMixin, SynchronousTestCase):
+    """The segmenter's own flags: a fragment every 0.25 s whatever the GOP, so
+    most fragments begin with a frame that is not a key frame."""
+
+    def rec(self) -> Recording:
+        flags = FRAGMENTED_MP4.split("=", 1)[1]
+        return recording("h264_bf2_subgop", bf=2, audio=True, movflags=f"movflags={flags}")
+
+    def test_fragments_are_shorter_than_the_gop(self) -> None:
+        path = self.rec().pieces[1].path
+        types = top_level_types(path)
+        self.assertGreaterEqual(types.count(b"moof"), 7)  # 2 s in fragments of 0.25 s
+        segment = fmp4.read_segment(path)
+        self.assertEqual(sum(segment.video.sync), 2)  # one key frame a second
+        validate_segment(path, 10.0, decode=True)
 
 
 class H265Tests(ClipTestMixin, SynchronousTestCase):

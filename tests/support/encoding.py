@@ -88,9 +88,10 @@ def ffmpeg_has_encoder(name):
     return _encoder_cache[name]
 
 
-def h264_args(bitrate="500k"):
-    """libx264 live-camera-like settings: 1 s GOP, no B-frames, one slice
-    per frame (so a receiver joining mid-frame cannot get half an IDR)."""
+def h264_args(bitrate="500k", gop=GOP):
+    """libx264 live-camera-like settings: a GOP of ``gop`` frames (1 s), no
+    B-frames, one slice per frame (so a receiver joining mid-frame cannot get
+    half an IDR)."""
     return [
         "-c:v",
         "libx264",
@@ -101,9 +102,9 @@ def h264_args(bitrate="500k"):
         "-x264-params",
         "threads=1:sliced-threads=0:slices=1",
         "-g",
-        str(GOP),
+        str(gop),
         "-keyint_min",
-        str(GOP),
+        str(gop),
         "-sc_threshold",
         "0",
         "-bf",
@@ -119,7 +120,7 @@ def h264_args(bitrate="500k"):
     ]
 
 
-def h265_args(bitrate="500k"):
+def h265_args(bitrate="500k", gop=GOP):
     return [
         "-c:v",
         "libx265",
@@ -128,7 +129,7 @@ def h265_args(bitrate="500k"):
         "-tune",
         "zerolatency",
         "-x265-params",
-        "keyint=%d:min-keyint=%d:bframes=0:scenecut=0:frame-threads=1:log-level=error" % (GOP, GOP),
+        "keyint=%d:min-keyint=%d:bframes=0:scenecut=0:frame-threads=1:log-level=error" % (gop, gop),
         "-b:v",
         bitrate,
         "-pix_fmt",

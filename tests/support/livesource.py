@@ -257,7 +257,7 @@ class UdpTsSource(_LiveSource):
         args = video_input_args(offset)
         if self.audio:
             args += audio_input_args(48000)
-        args += ["-map", "0:v"] + h264_args(self.bitrate)
+        args += ["-map", "0:v"] + h264_args(self.bitrate, self.gop)
         if self.audio:
             args += ["-map", "1:a", "-c:a", "aac", "-b:a", "64k", "-ac", "1", "-ar", "48000"]
         args += ["-f", "mpegts", "-flush_packets", "1", self.send_url]
@@ -316,11 +316,11 @@ class RtspServer(_LiveSource):
         tee = "|".join(
             "[f=rtp]rtp://%s:%d?pkt_size=1200" % (HOST, self.feed_ports[m]) for m in h264
         )
-        args += ["-map", "0:v"] + h264_args(self.bitrate) + ["-f", "tee", tee]
+        args += ["-map", "0:v"] + h264_args(self.bitrate, self.gop) + ["-f", "tee", tee]
         if "h265" in self.feed_ports:
             args += (
                 ["-map", "0:v"]
-                + h265_args(self.bitrate)
+                + h265_args(self.bitrate, self.gop)
                 + ["-f", "rtp", "rtp://%s:%d?pkt_size=1200" % (HOST, self.feed_ports["h265"])]
             )
         return args
