@@ -28,6 +28,8 @@ setup(
         "psycopg2-binary>=2.9",
         # GET /metrics
         "prometheus-client>=0.20",
+        # --signing-key: Ed25519 signed clip manifests, streamrec-verify
+        "cryptography>=42",
     ],
     extras_require={
         # kept so "streamrec[postgresql]" still installs; the drivers are core now
@@ -43,7 +45,13 @@ setup(
             "playwright>=1.40",
         ],
     },
-    entry_points={"console_scripts": ["streamrec-token = streamrec.auth:main"]},
+    entry_points={
+        "console_scripts": [
+            "streamrec-token = streamrec.auth:main",
+            "streamrec-keygen = streamrec.evidence:keygen_main",
+            "streamrec-verify = streamrec.evidence:verify_main",
+        ]
+    },
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

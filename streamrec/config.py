@@ -40,6 +40,8 @@ class Config:
     clip_answer_wait: float = 2.0
     # The API's callers and their roles (streamrec.auth); empty: the API is open.
     tokens: str = ""
+    # The Ed25519 private key (PEM) that signs each clip's manifest; empty: unsigned.
+    signing_key: str = ""
     # What HTTP clients may hold (streamrec.web; 0 turns one off): connections
     # in all and per address, file descriptors kept for recording, and the
     # seconds a request's head, its body and an idle connection may take.

@@ -19,7 +19,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from .errors import log_failure
-from .store import Segment, SqlStore, Stream
+from .store import MANIFEST_SUFFIX, Segment, SqlStore, Stream
 
 log = Logger(namespace="streamrec.janitor")
 
@@ -245,6 +245,9 @@ class Janitor(Service):
         for job_id, keys in jobs.items():
             for key in keys:
                 await self.storage.delete_clip(key)
+                # Its signed manifest, if it has one (a storage deletes what is
+                # not there without a fuss).
+                await self.storage.delete_clip(key + MANIFEST_SUFFIX)
             await self.store.expire_job(job_id, now)
         if jobs:
             log.info("expired the clips of {count} jobs", count=len(jobs))

@@ -19,6 +19,7 @@ from .clips.worker import ClipWorker
 from .cluster import Node, StreamLocks, default_node_name
 from .config import Config, ConfigError, plugin_config, public_url
 from .core import RecorderEvents, Streams
+from .evidence import Signer
 from .janitor import Janitor, Retention
 from .media.ffmpeg import find_ffmpeg
 from .metrics import Metrics
@@ -218,6 +219,13 @@ class Options(usage.Options):
             " Without it the API is open to anyone who reaches the port.",
         ],
         [
+            "signing-key",
+            None,
+            DEFAULTS.signing_key,
+            "Ed25519 private key (PEM; make one with streamrec-keygen): each clip gets a"
+            " manifest signed with it, checked by streamrec-verify.",
+        ],
+        [
             "max-connections",
             None,
             DEFAULTS.max_connections,
@@ -396,10 +404,13 @@ def build_service(
         encoders=encoders,
         scratch_dir=os.path.join(data_dir, "tmp"),
         is_recording=recorders.is_recording,
+        live_tail=recorders.live_tail,
         notify=notify,
         concurrency=config.clip_workers,
         node=node_name,
         span_wait=config.clip_wait,
+        run_blocking=run_blocking,
+        signer=Signer.from_file(config.signing_key, node_name) if config.signing_key else None,
     )
     janitor = Janitor(
         reactor=reactor,

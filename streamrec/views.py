@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .sources import mask_secrets
-from .store import JOB_DONE, JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, Stream, Totals
+from .store import (
+    JOB_DONE,
+    JOB_PENDING,
+    JOB_PROCESSING,
+    MANIFEST_SUFFIX,
+    Clip,
+    ClipJob,
+    Stream,
+    Totals,
+)
 
 
 def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,15 +65,33 @@ def timeline_json(
     }
 
 
-def clip_json(clip: Clip, link: str | None = None) -> dict[str, Any]:
-    """One clip of a job; ``link`` replaces the stored one (a fresh presigned URL)."""
-    return {
+def clip_json(clip: Clip, link: str | None = None, manifest: str | None = None) -> dict[str, Any]:
+    """One clip of a job; ``link`` and ``manifest`` replace the stored links (fresh
+    presigned URLs). ``manifest`` appears only for a signed clip."""
+    answer: dict[str, Any] = {
         "link": clip.link if link is None else link,
         "start": round(clip.start, 3),
         "stop": round(clip.stop, 3),
         "duration": round(clip.stop - clip.start, 3),
         "size": clip.bytes,
+        "sha256": clip.sha256,
     }
+    if clip.manifest is not None:
+        answer["manifest"] = clip.manifest if manifest is None else manifest
+    return answer
+
+
+def manifest_of(clip: Clip) -> Clip | None:
+    """A signed clip's manifest as a stored object of its own (its key, its stored
+    link), for the same ``link`` function as the clip; None when not signed."""
+    if clip.manifest is None:
+        return None
+    return replace(clip, storage_key=clip.storage_key + MANIFEST_SUFFIX, link=clip.manifest)
+
+
+def _clip_json(clip: Clip, link: Callable[[Clip], str]) -> dict[str, Any]:
+    manifest = manifest_of(clip)
+    return clip_json(clip, link(clip), None if manifest is None else link(manifest))
 
 
 def job_json(job: ClipJob, link: Callable[[Clip], str] = lambda clip: clip.link) -> dict[str, Any]:
@@ -71,7 +99,7 @@ def job_json(job: ClipJob, link: Callable[[Clip], str] = lambda clip: clip.link)
     done = job.status == JOB_DONE
     answer: dict[str, Any] = {
         "status": job.status,
-        "clips": [clip_json(clip, link(clip)) for clip in job.clips] if done else [],
+        "clips": [_clip_json(clip, link) for clip in job.clips] if done else [],
         "job_id": job.id,
         "start": job.start,
         "stop": job.stop,

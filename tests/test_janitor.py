@@ -131,7 +131,7 @@ class JanitorTests(unittest.TestCase):
         )
         self.clock.advance(8 * 86400)
         yield defer.ensureDeferred(self.janitor(clip_ttl=7 * 86400).sweep())
-        self.assertEqual(self.storage.deleted, ["a.mp4"])
+        self.assertEqual(self.storage.deleted, ["a.mp4", "a.mp4.manifest.json"])
         job = yield defer.ensureDeferred(self.store.get_job(old.id))
         self.assertEqual((job.status, job.clips), (JOB_EXPIRED, ()))
         # Asking again builds the clip anew.

@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -15,12 +16,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..errors import log_failure
+from ..evidence import Signer, file_digest
+from ..media.fmp4 import Mp4Error, segment_span
 from ..media.mp4 import SegmentPiece
-from ..plugins import ClipEncoder, EncodeRequest, StorageBackend
+from ..plugins import ClipEncoder, EncodeRequest, RunBlocking, StorageBackend
 from ..store import (
     JOB_FAILED,
     JOB_PENDING,
     JOB_PROCESSING,
+    MANIFEST_SUFFIX,
     Clip,
     ClipJob,
     Segment,
@@ -38,6 +42,11 @@ SPAN_WAIT = 600.0
 SWEEP_INTERVAL = 2.0
 #: Seconds before looking again after a look failed (the database was away).
 RETRY_INTERVAL = 5.0
+#: Seconds between looks at the segment being written, for a job that ends
+#: at the live edge: about one fragment.
+TAIL_LOOK = 0.25
+#: The id of the segment being written, which is not on the index yet.
+TAIL_ID = -1
 #: How many times a span's build is begun: one that never ends (the service
 #: stops or dies under it every time) is not begun for ever.
 MAX_ATTEMPTS = 3
@@ -81,8 +90,16 @@ class ClipWorker(Service):
         node: str | None = None,
         span_wait: float = SPAN_WAIT,
         max_attempts: int = MAX_ATTEMPTS,
+        live_tail: Callable[[int], tuple[int, str, float] | None] = lambda stream_id: None,
+        run_blocking: RunBlocking = defer.maybeDeferred,
+        signer: Signer | None = None,
     ) -> None:
         self.reactor = reactor
+        # Hashing a clip and writing its manifest: in the reactor's thread pool
+        # (streamrec.threads.thread_runner); by default here, for tests.
+        self.run_blocking = run_blocking
+        # With --signing-key: each clip gets a signed manifest beside it.
+        self.signer = signer
         self.store = store
         self.storage = storage
         self.encoders = encoders
@@ -97,6 +114,7 @@ class ClipWorker(Service):
         self.node = node
         self.span_wait = span_wait
         self.max_attempts = max_attempts
+        self.live_tail = live_tail
         self.running_jobs: set[int] = set()
         self.reading: dict[int, set[str]] = {}
         self.builds: dict[int, defer.Deferred[None]] = {}
@@ -204,6 +222,8 @@ class ClipWorker(Service):
                 if not await self._ready(job):
                     waiting.add(job.stream_id)
                     later.append(job.stop + self.late_grace)
+                    if self.live_tail(job.stream_id) is not None:
+                        later.append(now + TAIL_LOOK)
                     continue
                 self._start_build(job)
         self.waiting = waiting
@@ -314,14 +334,48 @@ class ClipWorker(Service):
         if self.reactor.seconds() > job.stop + self.late_grace:
             return True
         last = await self.store.last_segment_end(job.stream_id)
-        return last is not None and last >= job.stop
+        if last is not None and last >= job.stop:
+            return True
+        tail = self._tail(job.stream_id)
+        return tail is not None and tail.end >= job.stop
+
+    def _tail(self, stream_id: int, run_id: int | None = None) -> Segment | None:
+        """The segment this node is writing for the stream, as far as its
+        fragments are on disk (a few kilobytes of tables read): a clip that
+        ends at the live edge is cut from it without waiting for it to close."""
+        tail = self.live_tail(stream_id)
+        if tail is None or run_id not in (None, tail[0]):
+            return None
+        tail_run, path, start = tail
+        try:
+            first, end = segment_span(path)
+            size = os.path.getsize(path)
+        except (Mp4Error, OSError):
+            return None  # no fragment written yet
+        return Segment(
+            TAIL_ID, stream_id, tail_run, path, start, start + end - first, size, self.node
+        )
+
+    async def _with_tail(
+        self, stream_id: int, start: float, stop: float, run_id: int | None = None
+    ) -> list[Segment]:
+        """The indexed segments between ``start`` and ``stop``, and the one being
+        written if the range reaches it. The tail is read first: if it is indexed
+        meanwhile, the index has it, and it is not taken twice."""
+        tail = self._tail(stream_id, run_id)
+        found = await self.store.segments_between(stream_id, start, stop)
+        if run_id is not None:
+            found = [segment for segment in found if segment.run_id == run_id]
+        if tail is not None and tail.start < stop and all(s.path != tail.path for s in found):
+            found.append(tail)
+        return found
 
     # -- building ------------------------------------------------------------
     async def build(self, job: ClipJob) -> None:
         """Plan a pending job (unless another worker does first), then build the
         spans of it that this node can build, one after another."""
         if job.status == JOB_PENDING:
-            segments = await self.store.segments_between(job.stream_id, job.start, job.stop)
+            segments = await self._with_tail(job.stream_id, job.start, job.stop)
             spans = [
                 (span.segments[0].run_id, span.segments[0].node, span.start, span.stop)
                 for span in plan_spans(segments, job.start, job.stop)
@@ -346,14 +400,14 @@ class ClipWorker(Service):
                 return
 
     async def _segments(self, span: SpanTask) -> list[Segment]:
-        found = await self.store.segments_between(span.stream_id, span.start, span.stop)
-        return [segment for segment in found if segment.run_id == span.run_id]
+        return await self._with_tail(span.stream_id, span.start, span.stop, span.run_id)
 
     async def _build_span(self, job: ClipJob, span: SpanTask) -> bool:
         """Build one span's clip; False when the job failed."""
         now = self.reactor.seconds
         out_path: str | None = None
         clip: Clip | None = None
+        stored: list[str] = []  # keys handed to the storage backend
         try:
             encoder = self.encoders.get(job.encoder)
             if encoder is None:
@@ -376,13 +430,32 @@ class ClipWorker(Service):
                     progress=progress,
                 )
             )
+            sha256, size = await self.run_blocking(file_digest, out_path)
             link = await self.storage.store_clip(out_path, key)
             out_path = None
-            clip = Clip(span.seq, link, key, result.start, result.stop, result.size)
+            stored.append(key)
+            clip = Clip(span.seq, link, key, result.start, result.stop, result.size, sha256=sha256)
+            if self.signer is not None:
+                manifest = self.signer.manifest(
+                    stream=await self.store.get_stream(job.stream_id),
+                    stream_id=job.stream_id,
+                    clip=clip,
+                    size=size,
+                    encoder=job.encoder,
+                    created=now(),
+                )
+                # Stored as the clip is, beside it: any storage backend keeps it.
+                out_path = os.path.join(self.scratch_dir, key + MANIFEST_SUFFIX)
+                await self.run_blocking(self.signer.write, out_path, manifest)
+                manifest_link = await self.storage.store_clip(out_path, key + MANIFEST_SUFFIX)
+                out_path = None
+                stored.append(key + MANIFEST_SUFFIX)
+                clip = replace(clip, manifest=manifest_link)
             last = await self.store.finish_span(job.id, span.seq, self.node or "", clip, now())
             if last is None:
                 # Another node took the span over (this one seemed gone): its clip counts.
-                await self.storage.delete_clip(key)
+                for stored_key in stored:
+                    await self.storage.delete_clip(stored_key)
                 return True
         except defer.CancelledError:
             if out_path is not None and os.path.exists(out_path):
@@ -393,11 +466,11 @@ class ClipWorker(Service):
             log.failure("clip job {job_id} failed", job_id=job.id)
             if out_path is not None and os.path.exists(out_path):
                 os.remove(out_path)
-            if clip is not None:
+            for stored_key in stored:
                 try:
-                    await self.storage.delete_clip(clip.storage_key)
+                    await self.storage.delete_clip(stored_key)
                 except Exception:
-                    log.failure("cannot delete clip {key}", key=clip.storage_key)
+                    log.failure("cannot delete clip {key}", key=stored_key)
             await self._fail(job, message)
             return False
         if last:

@@ -529,6 +529,8 @@ def _read_segment_fd(path: str, fd: int) -> Segment:
 
 #: Every segment of a run starts with the same moov: parsed once (never changed after).
 _parsed_moov = functools.lru_cache(maxsize=1024)(lambda buf: _parse_moov(buf))
+#: For readers of other top-level boxes (:mod:`.prft`).
+top_level_boxes, parsed_moov = _top_level_boxes, _parsed_moov
 
 
 def _plausible_type(typ: bytes) -> bool:

@@ -28,6 +28,11 @@ TRANSCODE_OPTIONS: dict[str, Schema] = {
     "video_bitrate": {"type": "string", "description": "bits/s, or with k/M (e.g. 800k)"},
     "audio_bitrate": {"type": "string", "description": "bits/s, or with k/M (e.g. 96k)"},
     "preset": {"type": "string", "description": "an x264 preset, e.g. veryfast"},
+    "timestamp": {
+        "type": "integer",
+        "enum": [0, 1],
+        "description": "1: each frame's UTC wall-clock time burnt into its bottom-left corner",
+    },
 }
 
 #: What ``streamrec.core.check_time`` takes as a moment.
@@ -87,7 +92,7 @@ def schemas() -> dict[str, Schema]:
     }
     clip = {
         "type": "object",
-        "required": ["link", "start", "stop", "duration", "size"],
+        "required": ["link", "start", "stop", "duration", "size", "sha256"],
         "properties": {
             "link": {
                 "type": "string",
@@ -98,6 +103,23 @@ def schemas() -> dict[str, Schema]:
             "stop": {"type": "number"},
             "duration": {"type": "number", "minimum": 0},
             "size": {"type": "integer", "minimum": 0},
+            "sha256": nullable(
+                "string",
+                pattern="^[0-9a-f]{64}$",
+                description=(
+                    "SHA-256 of the MP4 file's bytes, in hex (null for clips built"
+                    " before streamrec kept it)"
+                ),
+            ),
+            "manifest": {
+                "type": "string",
+                "format": "uri",
+                "description": (
+                    "With --signing-key: a link to the clip's manifest (stream, its URL"
+                    " without credentials, times, clock, sha256, size, node, creation"
+                    " time, encoder) signed with Ed25519; check it with streamrec-verify"
+                ),
+            },
         },
     }
     job = {

@@ -18,10 +18,12 @@ PROGRESS_FD = 3
 # at the live edge is cut from the fragments of the segment still being
 # written. delay_moov: the init moov waits for the first fragment, so AAC
 # copied from ADTS (MPEG-TS sources) has its AudioSpecificConfig in the first
-# segment of a run too.
+# segment of a run too. write_prft: each fragment carries a producer reference
+# time, which is the camera's own clock once an RTSP sender report has come
+# (:mod:`streamrec.media.prft`).
 FRAGMENTED_MP4 = (
     "movflags=+frag_keyframe+empty_moov+default_base_moof+delay_moov"
-    ":frag_duration=250000:flush_packets=1"
+    ":frag_duration=250000:flush_packets=1:write_prft=wallclock"
 )
 
 

@@ -28,9 +28,22 @@ never goes backwards, never overlaps, and shows a gap only where media is
 missing. :attr:`RunClock.error` is how far the index is from the clock and
 :attr:`RunClock.slewing` whether it is catching up.
 
-The wall clock is all there is here: a lasting rise in latency (a source
-that fell behind) looks like a forward step and is followed the same way,
-at the same bounded rate.
+With the wall clock alone, a lasting rise in latency (a source that fell
+behind) looks like a forward step and is followed the same way, at the same
+bounded rate.
+
+A camera's own clock: an RTSP camera's sender reports say when it captured
+each frame (:mod:`streamrec.media.prft`), which gives a *camera anchor* with
+no network or buffering delay in it. The run's ``mode`` says which clock to
+follow: ``arrival`` (the anchor above), ``camera`` (the camera anchor once
+known), or ``auto`` (the camera anchor while it agrees with the arrival
+anchor within ``tolerance`` seconds: a camera whose clock is wrong, unset
+or in another time zone falls back to arrival). A camera anchor counts once
+two closed segments in a row give the same one (the first sender reports
+may disagree with the rest); the run waits for it for at most
+:data:`CAMERA_WAIT` seconds before its first segment is indexed, so a run
+starts in the clock it keeps. A switch of clock later in the run (the camera
+stopped agreeing) is slewed like a step.
 
 No I/O here: the recorder feeds observations in and applies the answers.
 """
@@ -70,6 +83,19 @@ REANCHOR_SECONDS = 30.0
 #: (128 ms; timesyncd steps from 400 ms, chrony's default from 1 s).
 STEP_THRESHOLD = 0.1
 
+#: Seconds after ffmpeg started that a run which may follow the camera's
+#: clock waits for it before its first segment is indexed.
+CAMERA_WAIT = 10.0
+
+#: Camera anchors of two segments in a row that agree this closely are the
+#: camera's clock (sender reports of a drifting camera move it a little).
+CAMERA_STEADY = 0.005
+
+#: The default bound on camera minus arrival under ``auto``.
+CLOCK_TOLERANCE = 5.0
+
+CLOCKS = ("auto", "camera", "arrival")
+
 #: The most a segment's wall duration differs from its media duration while
 #: the index catches up with the clock: 500 ppm, 1 ms on a 2 s segment.
 SLEW_RATE = 500e-6
@@ -100,18 +126,51 @@ class RunClock:
     media: float = 0.0  # the latest media time observed
     first_media: float | None = None  # media end of the first placed segment
     placed_media: float | None = None  # media end of the latest placed segment
+    mode: str = "arrival"  # the clock asked for: auto, camera or arrival
+    tolerance: float = CLOCK_TOLERANCE  # camera - arrival under auto, at most
+    camera: float | None = None  # the camera's time of media time 0, once steady
+    camera_seen: float | None = None  # the latest segment's camera anchor
+    paced: bool = False  # media time advances at the wall clock's pace
 
     def __post_init__(self) -> None:
         if self.anchor is not None and not self.bounds:
             self.bounds.append((0.0, self.anchor))
 
     @property
+    def clock(self) -> str:
+        """The clock the index follows: ``camera`` or ``arrival``."""
+        if self.camera is None or self.mode == "arrival":
+            return "arrival"
+        if self.mode == "camera" or self.agrees:
+            return "camera"
+        return "arrival"
+
+    @property
+    def offset(self) -> float | None:
+        """Camera minus arrival, seconds (negative: the camera's time of a frame
+        is earlier than its arrival); None without a camera clock."""
+        if self.camera is None or self.anchor is None:
+            return None
+        return self.camera - self.anchor
+
+    @property
+    def agrees(self) -> bool:
+        offset = self.offset
+        return offset is not None and abs(offset) <= self.tolerance
+
+    @property
+    def target(self) -> float | None:
+        """The anchor of the clock followed."""
+        return self.camera if self.clock == "camera" else self.anchor
+
+    @property
     def error(self) -> float:
         """Seconds from the indexed mapping to the clock's: positive when the
         index is early and its segments are being stretched."""
-        if self.anchor is None or self.indexed_anchor is None:
+        target = self.target
+        if target is None or self.indexed_anchor is None:
             return 0.0
-        return self.anchor - self.indexed_anchor
+        return target - self.indexed_anchor
 
     @property
     def slewing(self) -> bool:
@@ -145,8 +204,20 @@ class RunClock:
             return False
         return self.first_media is None or self.media <= self.first_media + REANCHOR_SECONDS
 
+    def observe_camera(self, anchor: float | None) -> Observation:
+        """The camera anchor a closed segment gives (None: it has none)."""
+        if anchor is None:
+            return Observation()
+        previous, self.camera_seen = self.camera_seen, anchor
+        if previous is not None and abs(anchor - previous) <= CAMERA_STEADY:
+            self.camera = anchor
+        settled = not self.settled and self.paced and self.camera is not None
+        self.settled = self.settled or settled
+        return Observation(settled, self._shifts(self.error))
+
     def _pace(self, wall: float, media: float) -> bool:
-        """Has media time started to advance at the pace of the wall clock?"""
+        """Has media time started to advance at the pace of the wall clock (and
+        is the camera's clock known, or given up on)?"""
         previous = self.last_observation
         if previous is None:
             self.last_observation = (wall, media)
@@ -155,8 +226,11 @@ class RunClock:
         if elapsed < PACE_WINDOW:
             return False
         self.last_observation = (wall, media)
-        if media - previous[1] <= elapsed * PACE_TOLERANCE or wall - self.started_at > SETTLE_LIMIT:
-            self.settled = True
+        waited = wall - self.started_at
+        if media - previous[1] <= elapsed * PACE_TOLERANCE or waited > SETTLE_LIMIT:
+            self.paced = True
+        camera_done = self.mode == "arrival" or self.camera is not None or waited > CAMERA_WAIT
+        self.settled = self.paced and camera_done
         return self.settled
 
     def settle(self) -> bool:
@@ -172,7 +246,7 @@ class RunClock:
         delta = self.error
         if not self._shifts(delta):
             return 0.0
-        self.indexed_anchor = self.anchor
+        self.indexed_anchor = self.target
         if self.last_end is not None:
             self.last_end += delta
         return delta
@@ -180,9 +254,9 @@ class RunClock:
     def _slew(self, media: float) -> float:
         """Move the indexed anchor toward the anchor by what ``media`` seconds
         allow; the move."""
-        if self.anchor is None or self.indexed_anchor is None or media <= 0:
+        if self.target is None or self.indexed_anchor is None or media <= 0:
             return 0.0
-        error = self.anchor - self.indexed_anchor
+        error = self.error
         if abs(error) <= ANCHOR_EPSILON:
             return 0.0
         limit = media * SLEW_RATE
@@ -201,7 +275,8 @@ class RunClock:
         :meth:`indexed` once it is stored.
         """
         if self.indexed_anchor is None:
-            self.indexed_anchor = self.anchor if self.anchor is not None else self.started_at
+            target = self.target
+            self.indexed_anchor = target if target is not None else self.started_at
         if media_end is not None:
             if self.placed_media is not None:
                 self._slew(media_end - self.placed_media)

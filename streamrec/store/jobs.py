@@ -42,15 +42,46 @@ class JobQueries:
         "id, stream_id, start_time, stop_time, stop_given, encoder, options, status,"
         " error_message, progress, created_at, planned_at, waiting_for"
     )
+    _INSERT_CLIP = (
+        "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time, bytes,"
+        " sha256, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
 
     @staticmethod
     def _job(row: Sequence[Any]) -> Steps[ClipJob]:
         clips = yield Query(
-            "SELECT seq, link, storage_key, start_time, stop_time, bytes FROM clips"
-            " WHERE job_id = ? ORDER BY seq",
+            "SELECT seq, link, storage_key, start_time, stop_time, bytes, sha256, manifest"
+            " FROM clips WHERE job_id = ? ORDER BY seq",
             (row[0],),
         )
-        return JobQueries._record(row, tuple(Clip(*clip) for clip in clips))
+        return JobQueries._record(row, tuple(JobQueries._clip(clip) for clip in clips))
+
+    @staticmethod
+    def _clip(row: Sequence[Any]) -> Clip:
+        return Clip(
+            seq=row[0],
+            link=row[1],
+            storage_key=row[2],
+            start=row[3],
+            stop=row[4],
+            bytes=row[5],
+            sha256=row[6],
+            manifest=row[7],
+        )
+
+    @staticmethod
+    def _clip_row(job_id: int, clip: Clip) -> tuple[Any, ...]:
+        return (
+            job_id,
+            clip.seq,
+            clip.link,
+            clip.storage_key,
+            clip.start,
+            clip.stop,
+            clip.bytes,
+            clip.sha256,
+            clip.manifest,
+        )
 
     @staticmethod
     def _record(row: Sequence[Any], clips: tuple[Clip, ...] = ()) -> ClipJob:
@@ -321,11 +352,7 @@ class JobQueries:
         )
         if not held:
             return None
-        yield Query(
-            "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time,"
-            " bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job_id, clip.seq, clip.link, clip.storage_key, clip.start, clip.stop, clip.bytes),
-        )
+        yield Query(self._INSERT_CLIP, self._clip_row(job_id, clip))
         rows = yield Query(
             "SELECT COUNT(*) FROM clip_spans WHERE job_id = ? AND status != ?", (job_id, JOB_DONE)
         )
@@ -351,11 +378,7 @@ class JobQueries:
 
     def _finish_job(self, job_id: int, clips: Sequence[Clip], now: float) -> Steps[None]:
         for clip in clips:
-            yield Query(
-                "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time,"
-                " bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, clip.seq, clip.link, clip.storage_key, clip.start, clip.stop, clip.bytes),
-            )
+            yield Query(self._INSERT_CLIP, self._clip_row(job_id, clip))
         yield Query(
             "UPDATE clip_jobs SET status = ?, progress = 1, updated_at = ? WHERE id = ?",
             (JOB_DONE, now, job_id),

@@ -35,6 +35,10 @@ class Segment:
     node: str | None = None  # the node that recorded it (its run's)
 
 
+#: A clip's signed manifest is stored beside it, under its key and this suffix.
+MANIFEST_SUFFIX = ".manifest.json"
+
+
 @dataclass(frozen=True)
 class Clip:
     seq: int
@@ -43,6 +47,8 @@ class Clip:
     start: float
     stop: float
     bytes: int
+    sha256: str | None = None  # hex of the clip's bytes (None: built before schema 9)
+    manifest: str | None = None  # the link of its signed manifest (None: not signed)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,14 @@ from twisted.trial import unittest
 
 from streamrec.clips.worker import ClipWorker
 from streamrec.errors import ClipQueueFull
+from streamrec.media.fmp4 import segment_span
 from streamrec.media.mp4 import ClipResult
 from streamrec.plugins import EncodeRequest
+from streamrec.recorder.command import FRAGMENTED_MP4
 from streamrec.store import JOB_DONE, JOB_FAILED, JOB_PENDING, JOB_PROCESSING
 
 from ..support.harness import sqlite_store
+from ..support.recordings import recording
 
 T = 1_800_000_000.0
 
@@ -92,7 +95,7 @@ class WorkerBase(unittest.TestCase):
         await self.store.migrate()
         self.stream = await self.store.create_stream("rtsp://cam/x", "", T - 100)
         run1 = await self.store.open_run(self.stream, T - 100)
-        run2 = await self.store.open_run(self.stream, T - 30)
+        run2 = self.run2 = await self.store.open_run(self.stream, T - 30)
         # run 1 covers [T-90, T-40); run 2 covers [T-25, T-5)
         for start in range(-90, -40, 2):
             await self.store.add_segment(
@@ -217,6 +220,73 @@ class WorkerTests(WorkerBase):
         self.assertEqual(current.status, JOB_PROCESSING)
         self.assertEqual(os.listdir(self.worker.scratch_dir), [])
         self.assertEqual(self.worker.builds, {})
+
+
+class LiveEdgeTests(WorkerBase):
+    """A job that ends in the segment still being written is cut from the
+    fragments already on disk, without waiting for the segment to close."""
+
+    def setUp(self) -> defer.Deferred[None]:
+        done = super().setUp()
+        flags = FRAGMENTED_MP4.split("=", 1)[1]
+        whole = recording("worker_tail", seconds=4, audio=False, movflags=f"movflags={flags}")
+        self.tail_path = os.path.join(self.dir, "seg000010.mp4")
+        with open(whole.pieces[0].path, "rb") as source, open(self.tail_path, "wb") as tail:
+            tail.write(source.read())
+        first, end = segment_span(self.tail_path)
+        self.flushed = end - first
+        self.tail: tuple[int, str, float] | None = None
+        self.worker.live_tail = lambda stream_id: self.tail
+        return done
+
+    @defer.inlineCallbacks
+    def test_a_job_ending_in_the_segment_being_written(self):
+        run2 = self.run2
+        job = yield defer.ensureDeferred(self.job(T - 10, T - 5 + self.flushed - 0.5))
+        ready = yield defer.ensureDeferred(self.worker._ready(job))
+        self.assertFalse(ready)  # nothing written past the index
+        self.tail = (run2, self.tail_path, T - 5)
+        ready = yield defer.ensureDeferred(self.worker._ready(job))
+        self.assertTrue(ready)
+        yield defer.ensureDeferred(self.worker.build(job))
+        done = yield defer.ensureDeferred(self.store.get_job(job.id))
+        self.assertEqual(done.status, JOB_DONE)
+        self.assertEqual(
+            [(c.start - T, round(c.stop - T, 3)) for c in done.clips],
+            [(-10, round(self.flushed - 5.5, 3))],
+        )
+        pieces = self.encoder.requests[0].pieces
+        self.assertEqual(pieces[-1].path, self.tail_path)
+        self.assertEqual(pieces[-1].wall_start, T - 5)
+
+    @defer.inlineCallbacks
+    def test_the_tail_ends_where_its_flushed_fragments_end(self):
+        run2 = self.run2
+        self.tail = (run2, self.tail_path, T - 5)
+        beyond = yield defer.ensureDeferred(self.job(T - 10, T - 5 + self.flushed + 0.5))
+        ready = yield defer.ensureDeferred(self.worker._ready(beyond))
+        self.assertFalse(ready)
+        # It is looked at again a fragment later, not only when the segment closes.
+        self.worker.running = True
+        self.addCleanup(setattr, self.worker, "running", False)
+        yield defer.ensureDeferred(self.worker._tick())
+        self.assertLessEqual(self.worker._timer.getTime() - self.clock.seconds(), 0.3)
+        self.worker._schedule(None)
+        # A tail of another run (the segmenter restarted) is not part of this one.
+        self.tail = (run2 + 1, self.tail_path, T - 5)
+        segments = yield defer.ensureDeferred(
+            self.worker._with_tail(self.stream, T - 10, T, run_id=run2)
+        )
+        self.assertNotIn(self.tail_path, [s.path for s in segments])
+
+    @defer.inlineCallbacks
+    def test_an_empty_tail_is_not_a_segment(self):
+        run2 = self.run2
+        open(self.tail_path, "wb").close()
+        self.tail = (run2, self.tail_path, T - 5)
+        job = yield defer.ensureDeferred(self.job(T - 10, T - 4.5))
+        ready = yield defer.ensureDeferred(self.worker._ready(job))
+        self.assertFalse(ready)
 
 
 class BoundedQueueTests(WorkerBase):

@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from streamrec.recorder.timeline import (
     ANCHOR_EPSILON,
     BOUND_WINDOW,
+    CAMERA_WAIT,
     REANCHOR_SECONDS,
     SETTLE_LIMIT,
     SLEW_RATE,
@@ -292,3 +293,70 @@ class ClockStepTests(unittest.SynchronousTestCase):
         start, end = clock.place(2.0, 4.0)
         self.assertEqual(start, 12.0)
         self.assertAlmostEqual(end, 14.0 - 2.0 * SLEW_RATE)
+
+
+class CameraClockTests(unittest.SynchronousTestCase):
+    """A camera that captured media time 0 at 1000.0, seen 0.5 s later."""
+
+    def run_clock(self, mode: str, camera: float = 1000.0) -> RunClock:
+        clock = RunClock(started_at=999.0, mode=mode)
+        for step in range(8):  # arrival: each report 0.5 s after its media time
+            clock.observe(1000.5 + step * 0.5, step * 0.5)
+        self.assertTrue(clock.paced)
+        clock.observe_camera(camera + 0.3)  # the first sender report disagrees
+        self.assertIsNone(clock.camera)
+        clock.observe_camera(camera)
+        clock.observe_camera(camera)
+        return clock
+
+    def test_auto_follows_a_camera_that_agrees_with_arrival(self):
+        clock = self.run_clock("auto")
+        self.assertEqual((clock.clock, clock.camera), ("camera", 1000.0))
+        self.assertAlmostEqual(clock.offset, -0.5)
+        self.assertEqual(clock.place(2.0, 2.0), (1000.0, 1002.0))
+
+    def test_auto_falls_back_to_arrival_when_the_camera_is_wrong(self):
+        clock = self.run_clock("auto", camera=1030.0)
+        self.assertEqual(clock.clock, "arrival")
+        self.assertAlmostEqual(clock.offset, 29.5)
+        self.assertEqual(clock.place(2.0, 2.0), (1000.5, 1002.5))
+
+    def test_camera_follows_the_camera_whatever_it_says(self):
+        clock = self.run_clock("camera", camera=1030.0)
+        self.assertEqual(clock.clock, "camera")
+        self.assertEqual(clock.place(2.0, 2.0), (1030.0, 1032.0))
+
+    def test_arrival_ignores_the_camera(self):
+        clock = self.run_clock("arrival")
+        self.assertEqual(clock.clock, "arrival")
+        self.assertEqual(clock.place(2.0, 2.0), (1000.5, 1002.5))
+
+    def test_the_first_segments_wait_for_the_cameras_clock(self):
+        clock = RunClock(started_at=999.0, mode="auto")
+        for step in range(8):
+            clock.observe(1000.5 + step * 0.5, step * 0.5)
+        self.assertEqual((clock.paced, clock.settled), (True, False))
+        self.assertEqual(clock.observe_camera(1000.0), Observation())
+        self.assertEqual(clock.observe_camera(1000.0).settled, True)
+        self.assertTrue(clock.settled)
+
+    def test_a_camera_without_a_clock_is_given_up_on(self):
+        clock = RunClock(started_at=999.0, mode="auto")
+        wall = 1000.5
+        while not clock.settled:
+            clock.observe(wall, wall - 1000.5)
+            wall += 0.5
+        self.assertGreater(wall - 999.0, CAMERA_WAIT)
+        self.assertEqual(clock.clock, "arrival")
+
+    def test_a_camera_that_stops_agreeing_is_left_by_slewing(self):
+        clock = self.run_clock("auto")
+        start, end = clock.place(2.0, 2.0)
+        clock.indexed(end)
+        clock.observe_camera(1030.0)
+        clock.observe_camera(1030.0)
+        self.assertEqual(clock.clock, "arrival")
+        self.assertTrue(clock.slewing)
+        start, end = clock.place(2.0, 4.0)
+        self.assertEqual(start, 1002.0)
+        self.assertAlmostEqual(end - start, 2.0 + 2.0 * SLEW_RATE)

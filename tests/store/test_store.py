@@ -76,7 +76,7 @@ def run(fn: Any) -> Any:
 
 
 #: The version the schema files build.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 #: What schema 005 (several nodes) added to the older tables.
 CLUSTER_COLUMNS = [
@@ -351,6 +351,8 @@ class StoreTestsMixin:
         await self.store._operation("DROP TABLE clip_spans")
         await self.store._operation("DROP TABLE recorded_spans")
         await self.store._operation("DROP INDEX clip_jobs_waiting")
+        await self.store._operation("ALTER TABLE clips DROP COLUMN sha256")
+        await self.store._operation("ALTER TABLE clips DROP COLUMN manifest")
         for table, column in CLUSTER_COLUMNS:
             await self.store._operation(f"ALTER TABLE {table} DROP COLUMN {column}")
         self.assertEqual(await self.store.migrate(), SCHEMA_VERSION)
@@ -442,7 +444,17 @@ class StoreTestsMixin:
         await self.store.release_spans("a")
         [left] = await self.store.open_spans(job.id)
         self.assertEqual((left.status, left.builder), (JOB_PENDING, None))
-        second = Clip(1, "http://b/y.mp4", "y.mp4", NOW + 2, NOW + 4, 10)
+        # What a signed clip carries: its bytes' SHA-256 and its manifest's link.
+        second = Clip(
+            1,
+            "http://b/y.mp4",
+            "y.mp4",
+            NOW + 2,
+            NOW + 4,
+            10,
+            sha256="ab" * 32,
+            manifest="http://b/y.mp4.manifest.json",
+        )
         self.assertTrue(await self.store.claim_span(job.id, 1, "b"))
         self.assertIsNone(
             await self.store.finish_span(job.id, 1, "a", second, NOW + 13),

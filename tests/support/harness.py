@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -212,6 +213,9 @@ class ServiceTestCase(unittest.TestCase):
 
     async def fetch(self, service: Service, clip: dict[str, Any]) -> dict[str, Any]:
         path = await service.download(clip["link"], self.mktemp())
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()
+        self.assertEqual(clip.get("sha256"), digest, f"{clip}: sha256 of the bytes downloaded")
         decoded = decode(path)
         numbers = decoded["numbers"]
         self.assertTrue(numbers, f"{clip} shows no frame")
