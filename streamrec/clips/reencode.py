@@ -21,15 +21,22 @@ as ``timelapse``) share this module.  :func:`reencode` does the whole job:
    cancelled) or the reactor shuts down, and raises :class:`FfmpegFailed`
    naming ffmpeg's own last error line when it fails.
 
-Option parsing helpers (:func:`video_options`) turn request parameters into
-ffmpeg arguments and raise :class:`OptionError` (a
-:class:`streamrec.errors.BadRequest`) naming the bad parameter.
+Option parsing helpers (:func:`video_options`, :func:`timestamp_option`)
+turn request parameters into ffmpeg arguments and raise :class:`OptionError`
+(a :class:`streamrec.errors.BadRequest`) naming the bad parameter.
+
+With ``timestamp=True``, :func:`reencode` burns each frame's wall-clock time
+(UTC, to the millisecond) into the bottom-left corner with ffmpeg's
+``drawtext`` (:func:`timestamp_filter`); :func:`timestamp_font` checks once
+per ffmpeg that it can, so a request is refused up front when it cannot.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,10 +49,15 @@ __all__ = [
     "AAC_PRIMING_SAMPLES",
     "FfmpegFailed",
     "OptionError",
+    "TIMESTAMP_OPTION",
     "VIDEO_OPTIONS",
     "VideoOptions",
+    "drawtext_filter",
     "reencode",
     "run_ffmpeg",
+    "timestamp_filter",
+    "timestamp_font",
+    "timestamp_option",
     "video_options",
 ]
 
@@ -84,6 +96,13 @@ VIDEO_OPTIONS = (
     "audio_bitrate",
     "preset",
 )
+
+
+#: The request parameter that burns each frame's wall-clock time into the
+#: picture (``0`` or ``1``, see :func:`timestamp_option`). Not in
+#: :data:`VIDEO_OPTIONS`: only an encoder whose filters keep frame times
+#: (``transcode``) passes ``timestamp`` to :func:`reencode`.
+TIMESTAMP_OPTION = "timestamp"
 
 
 class OptionError(BadRequest):
@@ -243,6 +262,181 @@ def video_options(options: Mapping[str, str]) -> VideoOptions:
     )
 
 
+def timestamp_option(options: Mapping[str, str]) -> bool:
+    """``timestamp``: ``1`` draws each frame's wall-clock time, ``0`` (the
+    default, also when absent or empty) does not; any other value is an
+    :class:`OptionError`."""
+    raw = options.get(TIMESTAMP_OPTION)
+    value = "" if raw is None else str(raw).strip()
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    raise OptionError(f"{TIMESTAMP_OPTION} must be 0 or 1, not {raw!r}")
+
+
+# --------------------------------------------------------------------------
+# The wall-clock time burnt into the picture
+# --------------------------------------------------------------------------
+
+#: Monospace fonts where distributions put them (Debian's fonts-dejavu-core,
+#: which Debian's ffmpeg pulls in through fontconfig, first). None found:
+#: ``fc-match``'s monospace, else ffmpeg's own fontconfig is asked for one.
+FONT_FILES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",  # Debian, Ubuntu
+    "/usr/share/fonts/dejavu-sans-mono-fonts/DejaVuSansMono.ttf",  # Fedora
+    "/usr/share/fonts/TTF/DejaVuSansMono.ttf",  # Arch
+    "/usr/share/fonts/truetype/liberation/LiberationMono-Regular.ttf",
+)
+
+_DAY_US = 86_400 * 1_000_000
+# A filter option's value is unescaped twice: once by the filter graph's
+# parser (which splits filters at , ; [ ]), once by the filter's (which
+# splits options at :). Backslashes and quotes are special to both.
+_OPTION_SPECIALS = re.compile(r"([\\':])")
+_GRAPH_SPECIALS = re.compile(r"([\\'\[\],;])")
+
+
+def _filter_value(value: str) -> str:
+    """``value`` escaped for one option of a filter in ``-filter:v``."""
+    return _GRAPH_SPECIALS.sub(r"\\\1", _OPTION_SPECIALS.sub(r"\\\1", value))
+
+
+def timestamp_text(start: float) -> str:
+    """drawtext's text for the frames of a clip whose first frame (``t`` = 0)
+    was shown at POSIX time ``start``: ``YYYY-MM-DD HH:MM:SS.mmm UTC``.
+
+    Every field is an ``%{eif}`` of the same integer, the milliseconds from
+    the midnight (UTC) before ``start`` to the frame, rounded: the fields can
+    never disagree (a date of the day before with 00:00:00.000, a second
+    behind its milliseconds), and the time of day, under a day plus the
+    clip, keeps its microseconds in a double.  The date is the civil date of
+    the day count (H. Hinnant's ``civil_from_days``).  Not ``%{pts:gmtime}``
+    (whole seconds, truncated on their own) with ``%{pts:hms:OFFSET:24HH}``:
+    ffmpeg 5.1 takes that, but imageio-ffmpeg's 9.0 refuses ``24HH``.
+    """
+    micros = round(start * 1_000_000)
+    day, of_day = divmod(micros, _DAY_US)
+    millis = f"floor((t+{of_day // 1_000_000}.{of_day % 1_000_000:06d})*1000+0.5)"
+    # The date: ld(1) days since 0000-03-01; ld(2) its 400-year era; ld(3)
+    # the day of the era; ld(4) the year of the era; ld(5) the day of the
+    # year from March 1; ld(6) the month from March (0-11); ld(7) the month.
+    date = ";".join(
+        (
+            f"st(1,{day}+floor({millis}/86400000)+719468)",
+            "st(2,floor(ld(1)/146097))",
+            "st(3,ld(1)-ld(2)*146097)",
+            "st(4,floor((ld(3)-floor(ld(3)/1460)+floor(ld(3)/36524)-floor(ld(3)/146096))/365))",
+            "st(5,ld(3)-(365*ld(4)+floor(ld(4)/4)-floor(ld(4)/100)))",
+            "st(6,floor((5*ld(5)+2)/153))",
+            "st(7,ld(6)+if(lt(ld(6),10),3,-9))",
+        )
+    )
+    fields = (
+        (f"{date};ld(4)+ld(2)*400+lte(ld(7),2)", 4),  # year
+        (f"{date};ld(7)", 2),  # month
+        (f"{date};ld(5)-floor((153*ld(6)+2)/5)+1", 2),  # day
+        (f"mod(floor({millis}/3600000),24)", 2),
+        (f"mod(floor({millis}/60000),60)", 2),
+        (f"mod(floor({millis}/1000),60)", 2),
+        (f"mod({millis},1000)", 3),
+    )
+    year, month, day_, hour, minute, second, milli = (
+        f"%{{eif:{value}:d:{width}}}" for value, width in fields
+    )
+    return f"{year}-{month}-{day_} {hour}:{minute}:{second}.{milli} UTC"
+
+
+def drawtext_filter(text: str, font: str | None) -> str:
+    """``text`` (drawtext's expansions allowed) in the bottom-left corner,
+    white on a dark box, a 24th of the picture's height (12 px at least).
+    ``font`` is a font file, or None for fontconfig's monospace."""
+    options = {"fontfile": font} if font else {"font": "monospace"}
+    options.update(
+        text=text,
+        fontsize="max(12,h/24)",
+        fontcolor="white",
+        box="1",
+        boxcolor="black@0.6",
+        boxborderw="6",
+        x="12",
+        y="h-th-12",
+    )
+    return "drawtext=" + ":".join(f"{key}={_filter_value(value)}" for key, value in options.items())
+
+
+def timestamp_filter(start: float, font: str | None) -> str:
+    """The filter burning the wall-clock time of each frame into it (the
+    first frame is ``start``'s): see :func:`timestamp_text`."""
+    return drawtext_filter(timestamp_text(start), font)
+
+
+def find_font() -> str | None:
+    """A monospace font file for drawtext: one of :data:`FONT_FILES`, else
+    ``fc-match``'s; None when neither is there (ffmpeg's fontconfig then)."""
+    for path in FONT_FILES:
+        if os.path.isfile(path):
+            return path
+    fc_match = shutil.which("fc-match")
+    if fc_match is not None:
+        try:
+            found = subprocess.run(
+                [fc_match, "--format=%{file}", "monospace"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            found = ""
+        if found and os.path.isfile(found):
+            return found
+    return None
+
+
+#: ffmpeg path -> (the font its drawtext drew with, None) or (None, why it could not).
+_FONTS: dict[str, tuple[str | None, str | None]] = {}
+
+
+def timestamp_font(ffmpeg: str) -> str | None:
+    """The font with which ``ffmpeg`` draws :func:`timestamp_filter` (a file,
+    or None for fontconfig's monospace).
+
+    The first call per ffmpeg tries it on a few frames of a test picture
+    (about 0.1 s, blocking: the first ``get_clip`` asking for it waits that
+    long once), and the answer is kept.  An ffmpeg without ``drawtext`` (built without
+    libfreetype) or without a font to draw with raises :class:`OptionError`
+    naming ``timestamp``, so a request asking for it is refused up front.
+    """
+    if ffmpeg not in _FONTS:
+        font = find_font()
+        args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi"]
+        args += ["-i", "color=size=320x240:rate=25:duration=0.2", "-filter:v"]
+        args += [timestamp_filter(0.0, font), "-f", "null", "-"]
+        try:
+            ran = subprocess.run(args, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError) as failure:  # not kept: may pass
+            raise OptionError(f"{TIMESTAMP_OPTION}=1: cannot run {ffmpeg} ({failure})") from None
+        _FONTS[ffmpeg] = (font, None) if ran.returncode == 0 else (None, _cannot_draw(ffmpeg, ran))
+    font, why = _FONTS[ffmpeg]
+    if why is not None:
+        raise OptionError(why)
+    return font
+
+
+def _cannot_draw(ffmpeg: str, ran: subprocess.CompletedProcess[str]) -> str:
+    lines = [line.strip() for line in ran.stderr.splitlines() if line.strip()]
+    if any("No such filter: 'drawtext'" in line for line in lines):
+        return (
+            f"{TIMESTAMP_OPTION}=1 needs ffmpeg's drawtext filter, which {ffmpeg} does not"
+            " have (it was built without libfreetype)"
+        )
+    last = lines[-1] if lines else f"exit status {ran.returncode}"
+    return (
+        f"{TIMESTAMP_OPTION}=1: {ffmpeg} cannot draw the time ({last});"
+        " is a font installed (Debian: fonts-dejavu-core)?"
+    )
+
+
 # --------------------------------------------------------------------------
 # The whole re-encode
 # --------------------------------------------------------------------------
@@ -286,6 +480,7 @@ async def reencode(
     video_args: Sequence[str],
     audio_args: Sequence[str] | None,
     speed: float = 1.0,
+    timestamp: bool = False,
 ) -> ClipResult:
     """Re-encode ``request``'s range into ``request.out_path``.
 
@@ -293,9 +488,14 @@ async def reencode(
     one displayed at ``request.start``, timestamps from 0); ``video_args`` are
     the codec arguments (see :meth:`VideoOptions.x264_args`); ``audio_args``
     the AAC arguments, or None to drop the sound.  ``speed`` is how much
-    shorter than the range the output is (for progress only).  Returns the
+    shorter than the range the output is (for progress only).  ``timestamp``
+    draws each frame's wall-clock time after ``video_filters`` (so at the
+    output's size), counted from the copy clip's start, the instant its first
+    frame was shown: ``video_filters`` must then keep frame times.  Returns the
     range actually covered (frame-snapped, as the copy clip's) and the size.
     """
+    if timestamp:  # refused before any work when this ffmpeg cannot draw it
+        font = await context.run_blocking(timestamp_font, context.ffmpeg)
     source, partial = _scratch_paths(request.out_path)
     try:
         exact: ClipResult = await context.run_blocking(
@@ -305,9 +505,13 @@ async def reencode(
             request.stop,
             source,
         )
+        filters = list(video_filters)
+        if timestamp:
+            # The copy clip's first frame, t = 0 in ffmpeg, was shown at exact.start.
+            filters.append(timestamp_filter(exact.start, font))
         args = [context.ffmpeg, *_INPUT_ARGS, source, "-map", "0:v:0"]
-        if video_filters:
-            args += ["-filter:v", ",".join(video_filters)]
+        if filters:
+            args += ["-filter:v", ",".join(filters)]
         args += video_args
         if audio_args is None:
             args += ["-an"]

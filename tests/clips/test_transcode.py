@@ -3,8 +3,11 @@ parsing, option validation, and end to end through the API with real sources."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import stat
 import struct
+import subprocess
 import time
 from typing import Any
 
@@ -13,9 +16,25 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from streamrec.builtin.transcode_encoder import TranscodeEncoder, video_filters
-from streamrec.clips.reencode import OptionError, video_options
+from streamrec.clips import reencode as reencode_module
+from streamrec.clips.reencode import (
+    OptionError,
+    drawtext_filter,
+    timestamp_filter,
+    timestamp_font,
+    timestamp_option,
+    video_options,
+)
 from streamrec.errors import BadRequest
-from streamrec.media.ffmpeg import FfmpegChild, FfmpegFailed, death_launcher, run_ffmpeg
+from streamrec.media.ffmpeg import (
+    FfmpegChild,
+    FfmpegFailed,
+    death_launcher,
+    find_ffmpeg,
+    run_ffmpeg,
+)
+from streamrec.media.mp4 import ClipResult
+from streamrec.plugins import EncodeRequest, PluginContext
 
 from ..support.harness import Service, ServiceTestCase, decode, sleep, until
 from ..support.livesource import FPS, RtspServer, UdpTsSource
@@ -340,15 +359,273 @@ class OptionTests(unittest.SynchronousTestCase):
             ({"crf": "0"}, "crf must be between 10 and 51"),
             ({"audio_bitrate": "1M"}, "audio_bitrate must be between 16k and 512k, not 1M"),
             ({"video_bitrate": "80M"}, "video_bitrate must be between 50k and 50M, not 80M"),
+            ({"timestamp": "yes"}, "timestamp must be 0 or 1, not 'yes'"),
+            ({"timestamp": "2"}, "timestamp must be 0 or 1, not '2'"),
+            ({"timestamp": "true"}, "timestamp must be 0 or 1"),
+            ({"timestamp": "1.0"}, "timestamp must be 0 or 1"),
         ]:
+            encoder = TranscodeEncoder(PluginContext(task.Clock(), "/nowhere", "", "ffmpeg"))
             with self.assertRaises(OptionError, msg=options) as caught:
-                video_options(options)
+                encoder.validate(options)
             self.assertIn(words, str(caught.exception))
             self.assertIsInstance(caught.exception, BadRequest)
 
     def test_encoder_declares_its_options(self):
         for name in ("size", "width", "height", "fps", "crf", "video_bitrate", "preset"):
             self.assertIn(name, TranscodeEncoder.options)
+        self.assertIn("timestamp", TranscodeEncoder.options)
+
+    def test_timestamp_values(self):
+        for raw, wanted in [(None, False), ("", False), ("0", False), (" 1 ", True), ("1", True)]:
+            options = {} if raw is None else {"timestamp": raw}
+            self.assertIs(timestamp_option(options), wanted, raw)
+        # Without it, no ffmpeg is asked whether it can draw (this one does not exist).
+        encoder = TranscodeEncoder(PluginContext(task.Clock(), "/nowhere", "", "/no/ffmpeg"))
+        choice, timestamp = encoder.validate({"timestamp": "0", "crf": "30"})
+        self.assertEqual((choice.crf, timestamp), (30, False))
+
+
+# --------------------------------------------------------------------------
+# timestamp=1: the wall-clock time of each frame, burnt in
+# --------------------------------------------------------------------------
+
+
+def fake_ffmpeg(testcase: unittest.TestCase, stderr: str) -> str:
+    """An executable that fails as an ffmpeg would, saying ``stderr``."""
+    path = os.path.abspath(testcase.mktemp())
+    with open(path, "w", encoding="utf-8") as script:
+        script.write(f"#!/bin/sh\ncat >&2 <<'EOF'\n{stderr}\nEOF\nexit 1\n")
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+    return path
+
+
+def utc_label(moment: float) -> str:
+    """What the picture should say for the POSIX time ``moment``."""
+    millis = (round(moment * 1_000_000) + 500) // 1000  # to the nearest millisecond
+    shown = datetime.datetime.fromtimestamp(millis // 1000, datetime.UTC)
+    return shown.strftime("%Y-%m-%d %H:%M:%S.") + f"{millis % 1000:03d} UTC"
+
+
+def ffmpeg_lumas(args: list[str], width: int, height: int) -> list[bytes]:
+    """The luma planes of the frames ffmpeg ``args`` (inputs and filters) make."""
+    command = [find_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
+    command += ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"]
+    raw = subprocess.run(command, capture_output=True, check=True).stdout
+    size = width * height * 3 // 2
+    return [raw[at : at + width * height] for at in range(0, len(raw), size)]
+
+
+def decoded_frames(path: str) -> list[tuple[float, Any]]:
+    """(time in seconds, luma plane as a 2-D int16 array) of each frame of an MP4."""
+    import av
+    import numpy
+
+    frames = []
+    with av.open(path) as container:
+        for frame in container.decode(video=0):
+            plane = frame.planes[0]
+            rows = numpy.frombuffer(plane, dtype=numpy.uint8).reshape(-1, plane.line_size)
+            frames.append((frame.time, rows[: frame.height, : frame.width].astype(numpy.int16)))
+    return frames
+
+
+class TimestampTests(unittest.SynchronousTestCase):
+    def test_refused_when_ffmpeg_has_no_drawtext(self):
+        """get_clip validates: an ffmpeg without drawtext (or a font) is a 400
+        naming the parameter, found out once per ffmpeg."""
+        no_filter = fake_ffmpeg(
+            self,
+            "[AVFilterGraph @ 0x55d0] No such filter: 'drawtext'\nError reinitializing filters!",
+        )
+        encoder = TranscodeEncoder(PluginContext(task.Clock(), "/nowhere", "", no_filter))
+        with self.assertRaises(OptionError) as caught:
+            encoder.validate({"timestamp": "1"})
+        self.assertIn("timestamp=1 needs ffmpeg's drawtext filter", str(caught.exception))
+        self.assertIn(no_filter, str(caught.exception))
+        os.remove(no_filter)  # the answer was kept: the ffmpeg is not asked again
+        with self.assertRaises(OptionError) as again:
+            encoder.validate({"timestamp": "1"})
+        self.assertEqual(str(again.exception), str(caught.exception))
+        no_font = fake_ffmpeg(self, '[Parsed_drawtext_0 @ 0x1] Could not load font "x"')
+        with self.assertRaises(OptionError) as caught:
+            TranscodeEncoder(PluginContext(task.Clock(), "/", "", no_font)).validate(
+                {"timestamp": "1"}
+            )
+        self.assertIn('Could not load font "x"', str(caught.exception))
+        self.assertIn("fonts-dejavu-core", str(caught.exception))
+
+    def test_this_ffmpeg_can_draw_it(self):
+        font = timestamp_font(find_ffmpeg())
+        self.assertTrue(font is None or os.path.isfile(font), font)
+
+    def test_the_filter_reencode_runs(self):
+        """The time is drawn last (at the output's size), from the copy clip's
+        start (the frame-snapped first frame), with the font's path escaped."""
+        reactor = FakeProcessReactor()
+        font = "/fonts/odd, name: it's [1].ttf"
+        exact = ClipResult(1700092799.96, 1700092801.96, 2.0, 1000)
+        asked: list[Any] = []
+
+        def run_blocking(fn: Any, *args: Any) -> defer.Deferred[Any]:
+            asked.append(fn)
+            return defer.succeed(font if fn is timestamp_font else exact)
+
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        context = PluginContext(reactor, work, "", "/usr/bin/ffmpeg", run_blocking=run_blocking)
+        request = EncodeRequest([], 1700092799.97, 1700092801.97, f"{work}/c.mp4", {}, print)
+        d = defer.Deferred.fromCoroutine(
+            reencode_module.reencode(
+                context,
+                request,
+                video_filters=["fps=5:round=up", "scale=640:360"],
+                video_args=["-c:v", "libx264"],
+                audio_args=None,
+                timestamp=True,
+            )
+        )
+        [(args, transport)] = reactor.spawned
+        self.assertEqual(asked[0], timestamp_font)  # before any work
+        chain = args[args.index("-filter:v") + 1]
+        drawn = timestamp_filter(exact.start, font)
+        self.assertEqual(chain, f"fps=5:round=up,scale=640:360,{drawn}")
+        # Escaped twice: for drawtext's options (: ' \), then for the graph (, [ ] ; ' \).
+        self.assertTrue(
+            drawn.startswith(r"drawtext=fontfile=/fonts/odd\, name\\: it\\\'s \[1\].ttf:")
+        )
+        self.assertIn(":box=1:", drawn)
+        self.assertIn("y=h-th-12", drawn)  # the bottom-left corner
+        self.assertIn("t+86399.960000", drawn)  # 23:59:59.960 of 2023-11-15
+        self.assertIn("st(1\\,19676+", drawn)  # that day, counted from 1970
+        with open(f"{work}/.c.mp4.part", "wb") as part:
+            part.write(b"clip")
+        transport.exit(0)
+        self.assertEqual(self.successResultOf(d), ClipResult(exact.start, exact.stop, 2.0, 4))
+
+    def test_drawn_text_is_each_frames_time(self):
+        """Rendered by the ffmpeg the service runs, frame by frame, the text is
+        the frame's time to the millisecond: pixel for pixel the same as that
+        time written out, across a new year, a leap day and a rounding."""
+        font = timestamp_font(find_ffmpeg())
+        source = ["-f", "lavfi", "-i", "color=c=gray:size=320x48:rate=25", "-frames:v", "4"]
+        for start in (1704067199.95, 1709251199.9204, 1700000002.3606):
+            drawn = ffmpeg_lumas([*source, "-filter:v", timestamp_filter(start, font)], 320, 48)
+            self.assertEqual(len(drawn), 4)
+            for number, picture in enumerate(drawn):
+                label = utc_label(start + number / 25)
+                written = ffmpeg_lumas(
+                    [*source, "-filter:v", drawtext_filter(label, font)], 320, 48
+                )
+                self.assertEqual(picture, written[0], label)
+        self.assertEqual(utc_label(1704067199.95 + 2 / 25), "2024-01-01 00:00:00.030 UTC")
+        self.assertEqual(utc_label(1709251199.9204 + 2 / 25), "2024-03-01 00:00:00.000 UTC")
+        self.assertEqual(utc_label(1700000002.3606), "2023-11-14 22:13:22.361 UTC")
+
+
+class TimestampReencodeTests(unittest.TestCase):
+    """timestamp=1 on a real recording: the corner changes, nothing else does."""
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def test_the_corner_carries_the_time(self):
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThread
+
+        from ..support.recordings import decoded_numbers, recording
+
+        rec = yield deferToThread(recording, "transcode_timestamp", seconds=4, audio=True)
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        context = PluginContext(reactor, work, "http://127.0.0.1:1", find_ffmpeg(), {})
+        encoder = TranscodeEncoder(context)
+        start = rec.pieces[0].wall_start + 1.23  # between frames and keyframes
+        paths = {}
+        for stamp in ("0", "1"):
+            paths[stamp] = os.path.join(work, f"clip{stamp}.mp4")
+            request = EncodeRequest(
+                pieces=rec.pieces,
+                start=start,
+                stop=start + 2,
+                out_path=paths[stamp],
+                options={"timestamp": stamp, "preset": "ultrafast"},
+                progress=lambda fraction: None,
+            )
+            result = yield defer.ensureDeferred(encoder.encode(request))
+            self.assertLess(abs(result.start - start), 0.021)  # a frame's start
+        # The same frames (their numbers are painted at the top, left alone).
+        numbers = decoded_numbers(paths["0"])
+        self.assertEqual(decoded_numbers(paths["1"]), numbers)
+        self.assertIn(len(numbers), (50, 51))
+        plain, stamped = decoded_frames(paths["0"]), decoded_frames(paths["1"])
+        self.assertEqual([time for time, _ in plain], [time for time, _ in stamped])
+        # 320x240: 12 px text, its box from about x=6 to 210 and y=214 to 234.
+        for number, ((_, before), (_, after)) in enumerate(zip(plain, stamped)):
+            corner = abs(after[216:232, 12:190] - before[216:232, 12:190]).mean()
+            rest = abs(after[:200] - before[:200]).mean()
+            right = abs(after[200:, 240:] - before[200:, 240:]).mean()
+            self.assertGreater(corner, 25, f"frame {number}: the corner is unchanged")
+            self.assertLess(max(rest, right), 1.5, f"frame {number}: the picture changed")
+
+    @defer.inlineCallbacks
+    def test_each_frame_says_when_it_was_shown(self):
+        """Encoded losslessly, each frame of the clip is, pixel for pixel, the
+        same frame without the time with its wall-clock time written on it:
+        the copy clip's start (the instant its first frame is shown) plus the
+        frame's time in the copy clip (the recording's timeline, before the
+        encoder rounds times to its frame rate)."""
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThread
+
+        from streamrec.media.mp4 import build_clip
+
+        from ..support.recordings import FPS, recording
+
+        rec = yield deferToThread(recording, "transcode_timestamp", seconds=4, audio=True)
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        context = PluginContext(reactor, work, "http://127.0.0.1:1", find_ffmpeg(), {})
+        lossless = ["-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-pix_fmt", "yuv420p"]
+        lossless += ["-fps_mode", "vfr"]  # no frame repeated or dropped, as in transcode
+        start = rec.pieces[0].wall_start + 1.23
+        results = {}
+        for stamp in (False, True):
+            request = EncodeRequest(
+                pieces=rec.pieces,
+                start=start,
+                stop=start + 1,
+                out_path=os.path.join(work, f"clip{int(stamp)}.mp4"),
+                options={},
+                progress=lambda fraction: None,
+            )
+            results[stamp] = yield defer.ensureDeferred(
+                reencode_module.reencode(
+                    context,
+                    request,
+                    video_args=lossless,
+                    audio_args=["-c:a", "aac"],
+                    timestamp=stamp,
+                )
+            )
+        copy = os.path.join(work, "copy.mp4")
+        exact = yield deferToThread(build_clip, rec.pieces, start, start + 1, copy)
+        first = results[True].start
+        self.assertEqual((first, results[False].start), (exact.start, exact.start))
+        times = [time for time, _ in decoded_frames(copy)]
+        stamped = decoded_frames(request.out_path)
+        plain = os.path.join(work, "clip0.mp4")
+        self.assertEqual(len(stamped), len(decoded_frames(plain)))
+        self.assertEqual(len(stamped), len(times))
+        self.assertIn(len(stamped), (FPS, FPS + 1))
+        self.assertEqual(times[0], 0.0)
+        font = timestamp_font(find_ffmpeg())
+        for number in (0, 1, len(stamped) - 2, len(stamped) - 1):
+            picture = stamped[number][1]
+            label = utc_label(first + times[number])
+            args = ["-i", plain, "-filter:v", f"select=eq(n\\,{number}),"]
+            args[-1] += drawtext_filter(label, font)
+            [written] = ffmpeg_lumas([*args, "-frames:v", "1"], 320, 240)
+            self.assertEqual(picture.astype("uint8").tobytes(), written, label)
 
 
 # --------------------------------------------------------------------------
@@ -453,6 +730,17 @@ class TranscodeEndToEndTests(ServiceTestCase):
         else:
             self.assertEqual(code, 400, body)
         self.assertIn("crf must be an integer", body["error_message"])
+        code, body = await service.call(
+            "GET",
+            f"/streams/{stream_id}/get_clip",
+            start=start,
+            stop=start + 2,
+            encoder="transcode",
+            timestamp="yes",
+        )
+        self.assertEqual(
+            (code, body["error_message"]), (400, "timestamp must be 0 or 1, not 'yes'")
+        )
         # Nothing left behind in the scratch directory.
         await sleep(0.2)
         scratch = os.path.join(service.data_dir, "tmp")
