@@ -379,7 +379,8 @@ class StreamrecAPI:
             raise ApiError(
                 400, f"Parameter 'description' is longer than {MAX_DESCRIPTION} characters"
             )
-        stream_id = await self.streams.create(url, description, max_age)
+        clock = params.get("clock", "auto")
+        stream_id = await self.streams.create(url, description, max_age, clock)
         return json_response(request, {"stream_id": stream_id})
 
     @app.route("/streams/<stream_id>/start", methods=["GET", "POST"])

@@ -351,6 +351,7 @@ class Node(Service):
                 wanted=True,
                 last_error=None,
                 source_audio=lease.source_audio,
+                clock=lease.clock,
             )
             recorder = self.recorders.for_stream(stream, listener=self.listener)
             if not recorder.wanted:

@@ -27,6 +27,9 @@ class Config:
     clip_ttl: float = 7 * 86400.0
     retention_interval: float = 60.0
     reconnect_max: float = 30.0
+    # Under a stream's clock=auto, the camera's clock is followed while it is
+    # within this many seconds of arrival time.
+    clock_tolerance: float = 5.0
     # Several nodes on one database: this node's name (default: the host name),
     # how many streams it records at most (0: no limit), and the lease length.
     node: str = ""

@@ -29,7 +29,7 @@ from .playback import MAX_WIDTH, MIN_WIDTH, ArchiveBody, ArchiveFile, Picture, P
 from .plugins import ClipEncoder, StorageBackend
 from .recorder.fleet import Recorders
 from .recorder.supervisor import DISK_FULL, RECONNECTING, RECORDING, STARTING, Recorder
-from .sources import mask_secrets, validate_source_url
+from .sources import CLOCKS, mask_secrets, validate_source_url
 from .store import JOB_PENDING, JOB_PROCESSING, Clip, ClipJob, SqlStore, Stream
 from .views import job_json, stream_json, timeline_json
 
@@ -157,11 +157,15 @@ class Streams:
         return self._link(clip.storage_key) if self._link is not None else clip.link
 
     # -- the API's calls --------------------------------------------------------
-    async def create(self, url: str, description: str, max_age: float | None = None) -> int:
+    async def create(
+        self, url: str, description: str, max_age: float | None = None, clock: str = "auto"
+    ) -> int:
         validate_source_url(url)
         if max_age is not None and not (math.isfinite(max_age) and max_age > 0):
             raise BadRequest("max_age must be a positive number of seconds")
-        return await self.store.create_stream(url, description, self.now(), max_age)
+        if clock not in CLOCKS:
+            raise BadRequest(f"clock must be one of {', '.join(CLOCKS)}")
+        return await self.store.create_stream(url, description, self.now(), max_age, clock)
 
     def _live(self, stream: Stream) -> dict[str, Any]:
         """What the stream's recorder reports: this node's own, or, when another

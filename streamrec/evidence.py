@@ -110,9 +110,11 @@ class Signer:
             "clip": clip.storage_key,
             "start": clip.start,
             "stop": clip.stop,
-            # The clock the clip's times come from; every recording is on arrival
-            # time until the camera's clock is used.
-            "clock": getattr(clip, "clock", "arrival"),
+            # Where those times come from, and how far off they may be.
+            "clock": clip.clock or "arrival",
+            "first_frame": clip.first_frame,
+            "last_frame": clip.last_frame,
+            "time_error": clip.time_error,
             "sha256": clip.sha256,
             "size": size,
             "node": self.node,

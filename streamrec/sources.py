@@ -22,6 +22,11 @@ from urllib.parse import urlsplit
 
 from .errors import InvalidSource
 
+#: The clocks a stream's recording may follow (the ``clock`` option of create):
+#: the camera's own (RTSP sender reports), this box's at arrival, or the
+#: camera's while it agrees with arrival.
+CLOCKS = ("auto", "camera", "arrival")
+
 ALLOWED_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "rtp")
 
 # Protocols ffmpeg may open while reading a source: the schemes above plus

@@ -117,6 +117,14 @@ class Options(usage.Options):
             _float,
         ],
         [
+            "clock-tolerance",
+            None,
+            DEFAULTS.clock_tolerance,
+            "Seconds an RTSP camera's own clock may differ from arrival time and"
+            " still be followed by streams with clock=auto.",
+            _float,
+        ],
+        [
             "start-timeout",
             None,
             DEFAULTS.start_timeout,
@@ -368,6 +376,8 @@ def build_service(
     node_name = config.node or default_node_name()
     if config.lease_seconds < 1:
         raise ConfigError("--lease-seconds must be at least 1")
+    if not config.clock_tolerance > 0:
+        raise ConfigError("--clock-tolerance must be a positive number of seconds")
     layout = SegmentLayout(data_dir)
     checker = SegmentChecker(
         layout=layout,
@@ -388,6 +398,7 @@ def build_service(
             layout=layout,
             checker=checker,
             settings=SegmenterSettings(segment_seconds=config.segment_seconds),
+            clock_tolerance=config.clock_tolerance,
             start_timeout=config.start_timeout,
             reconnect_max=config.reconnect_max,
             launcher=parent_death_launcher(),

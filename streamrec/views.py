@@ -36,6 +36,11 @@ def stream_json(stream: Stream, totals: Totals, live: Mapping[str, Any]) -> dict
         "node": stream.owner,
         "last_error": masked(live.get("last_error") or stream.last_error),
         "reconnects": live.get("reconnects", 0),
+        "clock_option": stream.clock,
+        "clock": live.get("clock"),
+        "clock_reason": live.get("clock_reason"),
+        "camera_offset_ms": live.get("camera_offset_ms"),
+        "time_error_ms": live.get("time_error_ms"),
         "last_segment_at": totals.last,
         "recorded": {
             "segments": totals.segments,
@@ -74,6 +79,10 @@ def clip_json(clip: Clip, link: str | None = None, manifest: str | None = None) 
         "stop": round(clip.stop, 3),
         "duration": round(clip.stop - clip.start, 3),
         "size": clip.bytes,
+        "clock": clip.clock,
+        "first_frame": clip.first_frame,
+        "last_frame": clip.last_frame,
+        "time_error_ms": None if clip.time_error is None else round(clip.time_error * 1000),
         "sha256": clip.sha256,
     }
     if clip.manifest is not None:

@@ -43,6 +43,10 @@ def manifest_of(signer: Signer, data: bytes = CLIP_BYTES) -> dict:
         1700000004.25,
         len(data),
         sha256=hashlib.sha256(data).hexdigest(),
+        clock="camera",
+        first_frame=1700000000.25,
+        last_frame=1700000004.21,
+        time_error=0.04,
     )
     return signer.manifest(
         stream=stream, stream_id=7, clip=clip, size=len(data), encoder="copy", created=1700000010.5
@@ -72,7 +76,10 @@ class EvidenceTests(unittest.SynchronousTestCase):
                 "clip": "k.mp4",
                 "start": 1700000000.25,
                 "stop": 1700000004.25,
-                "clock": "arrival",
+                "clock": "camera",
+                "first_frame": 1700000000.25,
+                "last_frame": 1700000004.21,
+                "time_error": 0.04,
                 "sha256": self.manifest["sha256"],
                 "size": len(CLIP_BYTES),
                 "node": "node-a",

@@ -19,6 +19,7 @@ from ..errors import log_failure
 from ..evidence import Signer, file_digest
 from ..media.fmp4 import Mp4Error, segment_span
 from ..media.mp4 import SegmentPiece
+from ..media.prft import frame_seconds
 from ..plugins import ClipEncoder, EncodeRequest, RunBlocking, StorageBackend
 from ..store import (
     JOB_FAILED,
@@ -434,7 +435,16 @@ class ClipWorker(Service):
             link = await self.storage.store_clip(out_path, key)
             out_path = None
             stored.append(key)
-            clip = Clip(span.seq, link, key, result.start, result.stop, result.size, sha256=sha256)
+            clip = Clip(
+                span.seq,
+                link,
+                key,
+                result.start,
+                result.stop,
+                result.size,
+                sha256=sha256,
+                **await self._provenance(span, segments, result.start, result.stop),
+            )
             if self.signer is not None:
                 manifest = self.signer.manifest(
                     stream=await self.store.get_stream(job.stream_id),
@@ -482,6 +492,24 @@ class ClipWorker(Service):
                 clips=[clip_json(made) for made in done.clips],
             )
         return True
+
+    async def _provenance(
+        self, span: SpanTask, segments: list[Segment], start: float, stop: float
+    ) -> dict[str, Any]:
+        """Where a clip's times come from: the clock its run followed, the
+        instants of its first and last shown frames, and the run's bound on
+        their error (None for a run recorded before streamrec kept it)."""
+        clock, time_error = await self.store.run_clock(span.run_id)
+        try:
+            frame = await self.run_blocking(frame_seconds, segments[-1].path)
+        except (Mp4Error, OSError):
+            frame = 0.0  # the last frame is then said to be shown at the clip's end
+        return {
+            "clock": clock or "arrival",
+            "first_frame": start,
+            "last_frame": max(start, stop - frame),
+            "time_error": time_error,
+        }
 
     async def _fail(self, job: ClipJob, message: str) -> None:
         await self.store.set_job_status(

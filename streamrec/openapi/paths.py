@@ -13,7 +13,7 @@ from ..errors import (
     StreamNotFound,
     StreamrecError,
 )
-from ..sources import ALLOWED_SCHEMES, MAX_URL_LENGTH
+from ..sources import ALLOWED_SCHEMES, CLOCKS, MAX_URL_LENGTH
 from .build import (
     JSON,
     Schema,
@@ -108,7 +108,8 @@ def paths(errors: ErrorTable) -> dict[str, Schema]:
             ),
             {
                 "400": answer(
-                    "A URL streamrec does not record, or a bad max_age", ref("schemas", "Error")
+                    "A URL streamrec does not record, a bad max_age or clock",
+                    ref("schemas", "Error"),
                 ),
                 "500": seed_error("No URL was given (the seed's answer)", URL_EMPTY),
                 "503": unavailable,
@@ -130,6 +131,17 @@ def paths(errors: ErrorTable) -> dict[str, Schema]:
                     "type": "number",
                     "exclusiveMinimum": 0,
                     "description": "this stream's retention in seconds",
+                },
+                "clock": {
+                    "type": "string",
+                    "enum": list(CLOCKS),
+                    "default": "auto",
+                    "description": (
+                        "The clock the recording's times follow: `camera` (an RTSP"
+                        " camera's own clock, from its RTCP sender reports), `arrival`"
+                        " (this box's clock when the video arrives), or `auto` (the"
+                        " camera's while it agrees with arrival within --clock-tolerance)"
+                    ),
                 },
             },
             required=("url",),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import StreamNotFound, StreamrecError
+from ..sources import CLOCKS
 from .build import Schema, answer, error_body, nullable, ref
 
 ErrorTable = Mapping[type[StreamrecError], tuple[int, str]]
@@ -86,6 +87,23 @@ def schemas() -> dict[str, Schema]:
             "node": nullable("string", description="the node recording it"),
             "last_error": nullable("string", description="credentials masked"),
             "reconnects": {"type": "integer", "minimum": 0},
+            "clock_option": {"type": "string", "enum": list(CLOCKS)},
+            "clock": {
+                "type": ["string", "null"],
+                "enum": ["camera", "arrival", None],
+                "description": "the clock the running recording follows (null: not recording)",
+            },
+            "clock_reason": nullable("string", description="why that clock"),
+            "camera_offset_ms": nullable(
+                "integer",
+                description=(
+                    "the camera's clock minus arrival time, measured (negative: the"
+                    " video arrives that late); null when the camera sends no clock"
+                ),
+            ),
+            "time_error_ms": nullable(
+                "integer", description="how far the recording's times may be off (README)"
+            ),
             "last_segment_at": nullable("number"),
             "recorded": recorded,
         },
@@ -103,6 +121,21 @@ def schemas() -> dict[str, Schema]:
             "stop": {"type": "number"},
             "duration": {"type": "number", "minimum": 0},
             "size": {"type": "integer", "minimum": 0},
+            "clock": {
+                "type": ["string", "null"],
+                "enum": ["camera", "arrival", None],
+                "description": "the clock the clip's times come from (null: built before 0.2)",
+            },
+            "first_frame": nullable(
+                "number", description="the instant of its first shown frame, POSIX seconds"
+            ),
+            "last_frame": nullable(
+                "number", description="the instant of its last shown frame, POSIX seconds"
+            ),
+            "time_error_ms": nullable(
+                "integer",
+                description="how far its times may be off, milliseconds (README: Time)",
+            ),
             "sha256": nullable(
                 "string",
                 pattern="^[0-9a-f]{64}$",

@@ -10,7 +10,8 @@ from twisted.internet import defer
 from ..store import Stream
 from .supervisor import Recorder, RecorderListener
 
-#: ``make(stream_id, url, listener=..., source_audio=...)``: a new recorder for a stream.
+#: ``make(stream_id, url, listener=..., source_audio=..., clock=...)``: a new
+#: recorder for a stream.
 MakeRecorder = Callable[..., Recorder]
 
 
@@ -26,7 +27,11 @@ class Recorders:
         recorder = self.by_stream.get(stream.id)
         if recorder is None:
             recorder = self.by_stream[stream.id] = self.make(
-                stream.id, stream.url, listener=listener, source_audio=stream.source_audio
+                stream.id,
+                stream.url,
+                listener=listener,
+                source_audio=stream.source_audio,
+                clock=stream.clock,
             )
         return recorder
 

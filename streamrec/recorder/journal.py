@@ -113,6 +113,15 @@ class SegmentJournal:
         self._keep(entry)
         return JOURNALED
 
+    async def note_clock(self, run_id: int, clock: str, time_error: float) -> bool:
+        """Write the clock a run follows and its time error; False while the
+        database is away (the recorder notes it again with a later segment)."""
+        try:
+            await self.store.set_run_clock(run_id, clock, time_error)
+        except DatabaseUnavailable:
+            return False
+        return True
+
     def _keep(self, entry: Entry) -> None:
         self.pending.append(entry)
         if self.path is not None:

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from twisted.internet import defer
 
 from ..media.ffmpeg import FfmpegChild
+from ..media.fmp4 import Mp4Error
+from ..media.prft import camera_anchor, frame_seconds, producer_times
 from .layout import segment_name
-from .timeline import RunClock
+from .timeline import Observation, RunClock
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Run:
     last_index: int = -1
     # The number of the latest segment on the index (-1: none yet).
     indexed_index: int = -1
+    # (clock, time error) as last written to the run's row.
+    noted: tuple[str, float] | None = None
     segments: int = 0
     opened: bool = False
     disk_full: str | None = None
@@ -68,6 +72,28 @@ class Run:
     @property
     def exited(self) -> bool:
         return self.child.exited
+
+    def look_at_camera(self, name: str) -> Observation:
+        """Feed the camera's clock of a closed segment to the run's clock (a few
+        kilobytes read), when the run may follow it."""
+        if self.clock.mode == "arrival":
+            return Observation()
+        path = os.path.join(self.directory, name)
+        try:
+            times = producer_times(path)
+            if self.clock.camera_seen is None:
+                self.clock.frame = frame_seconds(path)
+        except (Mp4Error, OSError):
+            return Observation()  # validation will say what is wrong with it
+        return self.clock.observe_camera(camera_anchor(times, self.clock.frame))
+
+    def provenance(self) -> tuple[str, float] | None:
+        """The run's (clock, time error) when it changed since it was noted."""
+        now = (self.clock.clock, round(self.clock.time_error, 3))
+        if now == self.noted:
+            return None
+        self.noted = now
+        return now
 
     def tail(self) -> tuple[str, float] | None:
         """``(path, wall start)`` of the segment ffmpeg is writing now, right

@@ -45,7 +45,7 @@ from .indexing import Checked, SegmentChecker
 from .journal import JOURNALED, SegmentJournal
 from .layout import SegmentLayout, segment_index
 from .run import Backoff, Run
-from .timeline import RunClock
+from .timeline import CLOCK_TOLERANCE, Observation, RunClock, camera_clock_possible, clock_status
 
 log = Logger(namespace="streamrec.recorder")
 
@@ -100,6 +100,8 @@ class Recorder:
         source_audio: str | None = None,
         node: str | None = None,
         journal: SegmentJournal | None = None,
+        clock: str = "auto",
+        clock_tolerance: float = CLOCK_TOLERANCE,
     ) -> None:
         self.stream_id = stream_id
         self.node = node
@@ -122,6 +124,9 @@ class Recorder:
         self.backoff = backoff or Backoff(cap=reconnect_max)
         self.launcher = list(launcher)
         self.source_audio = source_audio
+        # Only RTSP cameras send the sender reports that carry their clock.
+        self.clock_mode = clock if camera_clock_possible(url) else "arrival"
+        self.clock_tolerance = clock_tolerance
         self.wanted = False
         self.state = STOPPED
         self.last_error: str | None = None
@@ -164,6 +169,7 @@ class Recorder:
             "last_error": self.last_error,
             "reconnects": self.reconnects,
             "pid": getattr(self.process, "pid", None),
+            **(clock_status(self.run.clock) if self.run is not None else {}),
         }
 
     def live_tail(self) -> tuple[int, str, float] | None:
@@ -289,7 +295,8 @@ class Recorder:
         copy = copies_audio(self.source_audio)
         args = self.launcher + segmenter_args(self.ffmpeg, self.url, self.settings, copy)
         child = FfmpegChild(self.reactor, lambda fd, line: self._line(run, fd, line))
-        run = Run(run_id, directory, RunClock(started_at=self.now()), child, copy_audio=copy)
+        clock = RunClock(self.now(), mode=self.clock_mode, tolerance=self.clock_tolerance)
+        run = Run(run_id, directory, clock, child, copy_audio=copy)
         child.ended.addCallback(lambda reason: self._ended(run, reason))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -326,8 +333,8 @@ class Recorder:
         run.chain.addCallback(step)
         run.chain.addErrback(self.log_failure, "indexing failed")
 
-    def _observe(self, run: Run, media: float) -> None:
-        seen = run.clock.observe(self.now(), media)
+    def _observe(self, run: Run, seen: Observation) -> None:
+        """Act on what a report changed of the run's clock."""
         if seen.settled:
             self._release(run)
         if seen.reanchor:
@@ -345,7 +352,8 @@ class Recorder:
         except (ValueError, StopIteration):
             self.child_log.write(clean(line))
             return
-        self._observe(run, media_end)
+        self._observe(run, run.clock.observe(self.now(), media_end))
+        self._observe(run, run.look_at_camera(name))
         if run.clock.settled:
             self._later(run, self.index_segment, run, name, media_end)
         else:
@@ -357,7 +365,7 @@ class Recorder:
             media = int(value) / 1e6
             if media > 0:
                 run.clock.last_media = media
-                self._observe(run, media)
+                self._observe(run, run.clock.observe(self.now(), media))
         elif key == "progress" and not run.opened:
             run.opened = True
             self._opened(run)
@@ -551,6 +559,9 @@ class Recorder:
             os.remove(path)
             return
         run.clock.indexed(end)
+        provenance = run.provenance()
+        if provenance and not await self.journal.note_clock(run.run_id, *provenance):
+            run.noted = None  # noted with a later segment
         number = segment_index(os.path.basename(path))
         run.indexed_index = number if number is not None else run.indexed_index + 1
         run.segments += 1

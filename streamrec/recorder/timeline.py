@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Segments are indexed at the latest this long after ffmpeg started, even if
 #: its output never settled to the pace of the wall clock.
@@ -94,7 +95,13 @@ CAMERA_STEADY = 0.005
 #: The default bound on camera minus arrival under ``auto``.
 CLOCK_TOLERANCE = 5.0
 
-CLOCKS = ("auto", "camera", "arrival")
+#: The least delay from capture to arrival measured on a local source
+#: (encoding, muxing, the network: 100-115 ms): the error of arrival time
+#: when nothing better is known. Real cameras and networks add to it.
+ARRIVAL_DELAY = 0.1
+
+#: The length of a frame when no segment said it yet (25 fps).
+FRAME = 0.04
 
 #: The most a segment's wall duration differs from its media duration while
 #: the index catches up with the clock: 500 ppm, 1 ms on a 2 s segment.
@@ -131,6 +138,7 @@ class RunClock:
     camera: float | None = None  # the camera's time of media time 0, once steady
     camera_seen: float | None = None  # the latest segment's camera anchor
     paced: bool = False  # media time advances at the wall clock's pace
+    frame: float = FRAME  # seconds a video frame lasts
 
     def __post_init__(self) -> None:
         if self.anchor is not None and not self.bounds:
@@ -162,6 +170,21 @@ class RunClock:
     def target(self) -> float | None:
         """The anchor of the clock followed."""
         return self.camera if self.clock == "camera" else self.anchor
+
+    @property
+    def time_error(self) -> float:
+        """How far the index's times may be from the instants the frames were
+        captured, seconds: a frame (a clip starts on a frame boundary) and the
+        slew still to go, and with arrival time the delay from capture to
+        arrival, as measured against an agreeing camera clock, or else
+        :data:`ARRIVAL_DELAY`. With the camera's clock, it is as right as
+        the camera's own clock."""
+        error = self.frame + abs(self.error)
+        if self.clock == "camera":
+            return error
+        offset = self.offset
+        measured = offset is not None and self.agrees and offset < 0
+        return error + (-offset if measured else ARRIVAL_DELAY)  # type: ignore[operator]
 
     @property
     def error(self) -> float:
@@ -302,6 +325,34 @@ class RunClock:
 
     def indexed(self, end: float) -> None:
         self.last_end = end
+
+
+def camera_clock_possible(url: str) -> bool:
+    """Whether a source may carry its camera's clock: RTSP's sender reports."""
+    return url.split(":", 1)[0].lower() in ("rtsp", "rtsps")
+
+
+def clock_status(clock: RunClock) -> dict[str, Any]:
+    """What ``status`` says of a run's clock."""
+    offset = clock.offset
+    if clock.clock == "camera":
+        why = "the camera's own clock (RTCP sender reports)"
+    elif clock.mode == "arrival":
+        why = "arrival time, as asked"
+    elif offset is not None:
+        why = (
+            f"arrival time: the camera's clock is {offset:+.3f} s from arrival,"
+            f" beyond the {clock.tolerance:g} s tolerance"
+        )
+    else:
+        why = "arrival time: the camera has not sent its clock"
+    return {
+        "clock": clock.clock,
+        "clock_reason": why,
+        "camera_offset_ms": None if offset is None else round(offset * 1000),
+        "time_error_ms": round(clock.time_error * 1000),
+        "clock_slewing": clock.slewing,
+    }
 
 
 def follow(last_end: float | None, duration: float, written_at: float) -> tuple[float, float]:

@@ -44,14 +44,15 @@ class JobQueries:
     )
     _INSERT_CLIP = (
         "INSERT INTO clips (job_id, seq, link, storage_key, start_time, stop_time, bytes,"
-        " sha256, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " sha256, manifest, clock, first_frame, last_frame, time_error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
     @staticmethod
     def _job(row: Sequence[Any]) -> Steps[ClipJob]:
         clips = yield Query(
-            "SELECT seq, link, storage_key, start_time, stop_time, bytes, sha256, manifest"
-            " FROM clips WHERE job_id = ? ORDER BY seq",
+            "SELECT seq, link, storage_key, start_time, stop_time, bytes, sha256, manifest,"
+            " clock, first_frame, last_frame, time_error FROM clips WHERE job_id = ? ORDER BY seq",
             (row[0],),
         )
         return JobQueries._record(row, tuple(JobQueries._clip(clip) for clip in clips))
@@ -67,6 +68,10 @@ class JobQueries:
             bytes=row[5],
             sha256=row[6],
             manifest=row[7],
+            clock=row[8],
+            first_frame=row[9],
+            last_frame=row[10],
+            time_error=row[11],
         )
 
     @staticmethod
@@ -81,6 +86,10 @@ class JobQueries:
             clip.bytes,
             clip.sha256,
             clip.manifest,
+            clip.clock,
+            clip.first_frame,
+            clip.last_frame,
+            clip.time_error,
         )
 
     @staticmethod

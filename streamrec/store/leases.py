@@ -33,6 +33,7 @@ class Lease:
     wanted: bool
     url: str = ""
     source_audio: str | None = None
+    clock: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,11 @@ class NodeInfo:
     expires_in: float
 
 
-_LEASE_COLUMNS = "id, epoch, wanted, url, source_audio"
+_LEASE_COLUMNS = "id, epoch, wanted, url, source_audio, clock"
 
 
 def _lease(row: Sequence[Any]) -> Lease:
-    return Lease(row[0], row[1], bool(row[2]), row[3], row[4])
+    return Lease(row[0], row[1], bool(row[2]), row[3], row[4], row[5])
 
 
 class LeaseQueries:

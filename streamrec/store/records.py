@@ -21,6 +21,7 @@ class Stream:
     owner: str | None = None  # the node holding its lease (several nodes on one database)
     epoch: int = 0  # grows with each new owner
     recorder_state: str | None = None  # as its owner reports it
+    clock: str = "auto"  # the clock its segments follow: auto, camera or arrival
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class Clip:
     bytes: int
     sha256: str | None = None  # hex of the clip's bytes (None: built before schema 9)
     manifest: str | None = None  # the link of its signed manifest (None: not signed)
+    # Time provenance (None: built before schema 10): the clock its times come
+    # from, its first and last shown frames, and a bound on their error (s).
+    clock: str | None = None
+    first_frame: float | None = None
+    last_frame: float | None = None
+    time_error: float | None = None
 
 
 @dataclass(frozen=True)

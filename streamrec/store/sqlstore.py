@@ -121,7 +121,7 @@ class SqlStore(JobQueries, LeaseQueries, SpanQueries):
     # -- streams --------------------------------------------------------
     _STREAM_COLUMNS = (
         "id, url, description, create_date, start_date, stop_date, wanted, last_error, max_age,"
-        " source_audio, owner, epoch, recorder_state"
+        " source_audio, owner, epoch, recorder_state, clock"
     )
     _STREAM_WIDTH = len(_STREAM_COLUMNS.split(","))
 
@@ -141,6 +141,7 @@ class SqlStore(JobQueries, LeaseQueries, SpanQueries):
             owner=row[10],
             epoch=row[11],
             recorder_state=row[12],
+            clock=row[13],
         )
 
     @staticmethod
@@ -149,19 +150,25 @@ class SqlStore(JobQueries, LeaseQueries, SpanQueries):
         return new_id
 
     def _create_stream(
-        self, url: str, description: str, now: float, max_age: float | None
+        self, url: str, description: str, now: float, max_age: float | None, clock: str
     ) -> Steps[int]:
         stream_id: int = yield Insert(
-            "INSERT INTO streams (url, description, create_date, max_age) VALUES (?, ?, ?, ?)",
-            (url, description, now, max_age),
+            "INSERT INTO streams (url, description, create_date, max_age, clock)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (url, description, now, max_age, clock),
         )
         yield Query("INSERT INTO stream_totals (stream_id) VALUES (?)", (stream_id,))
         return stream_id
 
     async def create_stream(
-        self, url: str, description: str, now: float, max_age: float | None = None
+        self,
+        url: str,
+        description: str,
+        now: float,
+        max_age: float | None = None,
+        clock: str = "auto",
     ) -> int:
-        return await self._transaction(self._create_stream(url, description, now, max_age))
+        return await self._transaction(self._create_stream(url, description, now, max_age, clock))
 
     async def get_stream(self, stream_id: int) -> Stream | None:
         rows = await self._query(
@@ -227,6 +234,17 @@ class SqlStore(JobQueries, LeaseQueries, SpanQueries):
                 (stream_id, now, node, epoch),
             )
         )
+
+    async def set_run_clock(self, run_id: int, clock: str, time_error: float) -> None:
+        """The clock a run follows now, and how far off its times may be (s)."""
+        await self._operation(
+            "UPDATE runs SET clock = ?, time_error = ? WHERE id = ?", (clock, time_error, run_id)
+        )
+
+    async def run_clock(self, run_id: int) -> tuple[str | None, float | None]:
+        """``(clock, time error)`` of a run; Nones for one from before schema 10."""
+        rows = await self._query("SELECT clock, time_error FROM runs WHERE id = ?", (run_id,))
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
 
     async def close_run(self, run_id: int, now: float, reason: str) -> None:
         await self._operation(

@@ -75,6 +75,7 @@ class FakeStore:
         self.closed_runs: list[tuple[int, str]] = []
         self.segments: dict[int, list[Any]] = {}
         self.shifts: list[float] = []
+        self.run_clocks: dict[int, tuple[str, float]] = {}
 
     async def open_run(self, stream_id: int, now: float, *lease: Any) -> int:
         self.runs.append((stream_id, now))
@@ -82,6 +83,9 @@ class FakeStore:
 
     async def close_run(self, run_id: int, now: float, reason: str) -> None:
         self.closed_runs.append((run_id, reason))
+
+    async def set_run_clock(self, run_id: int, clock: str, time_error: float) -> None:
+        self.run_clocks[run_id] = (clock, time_error)
 
     async def add_segment(self, stream_id, run_id, path, start, end, size) -> int:
         self.segments[len(self.segments) + 1] = [run_id, os.path.basename(path), start, end, size]
@@ -141,6 +145,7 @@ class RecorderBase(unittest.SynchronousTestCase):
             start_timeout=8,
             kill_timeout=5,
             backoff=Backoff(initial=1, factor=2, cap=30, jitter=0),
+            clock="arrival",  # the fake segments carry no camera clock to wait for
         )
 
     def _validate(self, path: str, max_duration: float, decode: bool) -> tuple[float, float]:

@@ -353,6 +353,7 @@ class RecorderDuringEmfileTests(unittest.SynchronousTestCase):
             checker=checker,
             listener=self.listener,
             backoff=Backoff(initial=1, factor=2, cap=30, jitter=0),
+            clock="arrival",  # no camera clock to wait for
         )
         self.segment = recording("h264_bf2_aac", bf=2, audio=True).pieces[1].path
 

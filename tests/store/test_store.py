@@ -76,7 +76,15 @@ def run(fn: Any) -> Any:
 
 
 #: The version the schema files build.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
+
+#: What schema 10 added: time provenance.
+CLOCK_COLUMNS = [
+    ("streams", "clock"),
+    ("runs", "clock"),
+    ("runs", "time_error"),
+    *(("clips", column) for column in ("clock", "first_frame", "last_frame", "time_error")),
+]
 
 #: What schema 005 (several nodes) added to the older tables.
 CLUSTER_COLUMNS = [
@@ -270,6 +278,16 @@ class StoreTestsMixin:
         self.assertEqual((await self.store.totals(stream)).segments, 8)
 
     @run
+    async def test_clocks_of_streams_and_runs(self) -> None:
+        stream, run_id = await self.recording()
+        self.assertEqual((await self.store.get_stream(stream)).clock, "auto")
+        other = await self.store.create_stream("rtsp://cam/2", "", NOW, clock="arrival")
+        self.assertEqual((await self.store.get_stream(other)).clock, "arrival")
+        self.assertEqual(await self.store.run_clock(run_id), (None, None))
+        await self.store.set_run_clock(run_id, "camera", 0.041)
+        self.assertEqual(await self.store.run_clock(run_id), ("camera", 0.041))
+
+    @run
     async def test_shift_run(self) -> None:
         stream, run_id = await self.recording()
         other_run = await self.store.open_run(stream, NOW + 100)
@@ -353,6 +371,8 @@ class StoreTestsMixin:
         await self.store._operation("DROP INDEX clip_jobs_waiting")
         await self.store._operation("ALTER TABLE clips DROP COLUMN sha256")
         await self.store._operation("ALTER TABLE clips DROP COLUMN manifest")
+        for table, column in CLOCK_COLUMNS:
+            await self.store._operation(f"ALTER TABLE {table} DROP COLUMN {column}")
         for table, column in CLUSTER_COLUMNS:
             await self.store._operation(f"ALTER TABLE {table} DROP COLUMN {column}")
         self.assertEqual(await self.store.migrate(), SCHEMA_VERSION)
@@ -454,6 +474,10 @@ class StoreTestsMixin:
             10,
             sha256="ab" * 32,
             manifest="http://b/y.mp4.manifest.json",
+            clock="camera",
+            first_frame=NOW + 2,
+            last_frame=NOW + 3.96,
+            time_error=0.04,
         )
         self.assertTrue(await self.store.claim_span(job.id, 1, "b"))
         self.assertIsNone(
