@@ -446,3 +446,176 @@ class RtspServer(_LiveSource):
             and self._feed is not None
             and self._feed.running()
         )
+
+
+# --------------------------------------------------------- painted camera
+
+
+class PaintedCamera:
+    """An RTSP camera whose clock the test knows, behind a proxy that delays it.
+
+    ``painted_camera.py`` (GStreamer, system python) paints its frame number
+    into every frame. Frame ``n`` is captured at exactly ``t0 + n / fps``
+    (unix time), and its RTCP sender reports carry that capture time. In
+    front of it runs ``clockproxy.py``, a process of its own so that a test
+    blocking its reactor cannot stretch the delay. The proxy holds every
+    byte from the camera back ``delay`` seconds and moves the NTP time of
+    every sender report by ``ntp_offset`` seconds (a camera whose clock is
+    that far off).
+
+    Use from twisted.trial::
+
+        cam = PaintedCamera.running(self, delay=0.5, ntp_offset=0.0, gop=25)
+        cam.url                    # rtsp://127.0.0.1:PROXY/cam  (record this, over TCP)
+        cam.camera_url             # the camera itself, no delay, no offset
+        cam.capture_time(frame)    # av.VideoFrame or frame number -> unix time
+
+    ``stop()`` then ``start()`` brings both back on the same ports, with the
+    same ``t0``, so the numbering follows the clock across the outage.
+    """
+
+    fps = FPS
+    mount = "cam"
+    ready_timeout = 15.0
+
+    def __init__(self, delay=0.5, ntp_offset=0.0, gop=GOP, rtcp_interval=1.0, log_dir=None):
+        self.delay = delay
+        self.ntp_offset = ntp_offset
+        self.gop = gop
+        self.rtcp_interval = rtcp_interval
+        self._own_log_dir = log_dir is None
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix="painted-camera-")
+        self.camera_port = free_port("tcp")
+        self.port = None  # the proxy's, known once it runs
+        self.t0 = None  # unix time of frame 0
+        self.camera = None
+        self.proxy = None
+        self._logs = []
+
+    @property
+    def url(self):
+        return "rtsp://%s:%d/%s" % (HOST, self.port, self.mount)
+
+    @property
+    def camera_url(self):
+        return "rtsp://%s:%d/%s" % (HOST, self.camera_port, self.mount)
+
+    def frame_time(self, n):
+        """Capture instant (unix time) of frame ``n`` (unwrapped)."""
+        return self.t0 + n / self.fps
+
+    def expected_frame(self, when=None):
+        """Frame number (unwrapped) captured last at unix time ``when``."""
+        when = time.time() if when is None else when
+        return int((when - self.t0) * self.fps)
+
+    def capture_time(self, frame, near=None):
+        """Capture instant (unix time) of a decoded ``av.VideoFrame`` or of a
+        painted frame number. Painted numbers wrap at 2**16 (43 min); the
+        frame is taken to be the one with that number nearest to unix time
+        ``near`` (default: now)."""
+        if not isinstance(frame, int):
+            from .framecode import read_frame_number
+
+            frame = read_frame_number(frame)
+        guess = self.expected_frame(near)
+        n = frame + (1 << 16) * round((guess - frame) / (1 << 16))
+        return self.frame_time(n)
+
+    def _spawn(self, name, cmd):
+        """Start ``cmd``; wait (bounded) for READY; return (proc, its lines)."""
+        log = open(os.path.join(self.log_dir, name + ".log"), "ab")
+        self._logs.append(log)
+        proc = spawn(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=clean_env(),
+            bufsize=0,
+        )
+        lines = []
+        done = threading.Event()
+
+        def reader():
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace").strip()
+                lines.append(line)
+                if line == "READY" or line.startswith("ERROR"):
+                    done.set()
+            done.set()
+            proc.stdout.close()
+
+        threading.Thread(target=reader, daemon=True).start()
+        deadline = time.monotonic() + self.ready_timeout
+        while not done.wait(0.02) and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                done.wait(1.0)
+                break
+        if "READY" not in lines:
+            kill(proc)
+            raise SourceError("%s did not become ready: %r\n%s" % (name, lines, self.logs()))
+        return proc, lines
+
+    def start(self):
+        """Start the camera, then the proxy (returns once both listen)."""
+        import sys
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        try:
+            if self.camera is None:
+                cmd = [SYSTEM_PYTHON, "-u", os.path.join(here, "painted_camera.py")]
+                cmd += ["--port", str(self.camera_port), "--mount", self.mount]
+                cmd += ["--fps", str(self.fps), "--gop", str(self.gop)]
+                cmd += ["--rtcp-interval", str(self.rtcp_interval)]
+                if self.t0 is not None:
+                    cmd += ["--t0", repr(self.t0)]
+                self.camera, lines = self._spawn("painted_camera", cmd)
+                self.t0 = float(next(x for x in lines if x.startswith("T0 ")).split()[1])
+            if self.proxy is None:
+                cmd = [sys.executable, "-u", os.path.join(here, "clockproxy.py")]
+                cmd += ["--target-port", str(self.camera_port), "--port", str(self.port or 0)]
+                cmd += ["--delay", repr(self.delay), "--ntp-offset", repr(self.ntp_offset)]
+                self.proxy, lines = self._spawn("clockproxy", cmd)
+                self.port = int(next(x for x in lines if x.startswith("PORT ")).split()[1])
+        except Exception:
+            self.stop()
+            raise
+
+    def stop(self):
+        """Stop the proxy and the camera (clients see their connection close)."""
+        kill(self.proxy)
+        kill(self.camera)
+        self.proxy = self.camera = None
+        for log in self._logs:
+            log.close()
+        self._logs = []
+
+    def is_running(self):
+        return all(p is not None and p.poll() is None for p in (self.camera, self.proxy))
+
+    def logs(self):
+        """The camera's and the proxy's logs (for failure messages)."""
+        return _LiveSource.logs(self)
+
+    def close(self):
+        """stop() and remove the log directory (if we created it)."""
+        self.stop()
+        if self._own_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    @classmethod
+    def running(cls, testcase, *args, **kwargs):
+        """Create, start, and register ``close`` as a cleanup of ``testcase``."""
+        camera = cls(*args, **kwargs)
+        testcase.addCleanup(camera.close)
+        camera.start()
+        return camera
