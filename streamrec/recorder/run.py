@@ -53,6 +53,8 @@ class Run:
     last_index: int = -1
     # The number of the latest segment on the index (-1: none yet).
     indexed_index: int = -1
+    # The source may send its camera's clock (RTSP): measure it.
+    watch_camera: bool = False
     # (clock, time error) as last written to the run's row.
     noted: tuple[str, float] | None = None
     segments: int = 0
@@ -75,8 +77,8 @@ class Run:
 
     def look_at_camera(self, name: str) -> Observation:
         """Feed the camera's clock of a closed segment to the run's clock (a few
-        kilobytes read), when the run may follow it."""
-        if self.clock.mode == "arrival":
+        kilobytes read), when the source may send one."""
+        if not self.watch_camera:
             return Observation()
         path = os.path.join(self.directory, name)
         try:

@@ -124,8 +124,10 @@ class Recorder:
         self.backoff = backoff or Backoff(cap=reconnect_max)
         self.launcher = list(launcher)
         self.source_audio = source_audio
-        # Only RTSP cameras send the sender reports that carry their clock.
-        self.clock_mode = clock if camera_clock_possible(url) else "arrival"
+        # Only RTSP cameras send the sender reports that carry their clock; it
+        # is measured even when not followed, to bound arrival time's error.
+        self.watch_camera = camera_clock_possible(url)
+        self.clock_mode = clock if self.watch_camera else "arrival"
         self.clock_tolerance = clock_tolerance
         self.wanted = False
         self.state = STOPPED
@@ -296,7 +298,7 @@ class Recorder:
         args = self.launcher + segmenter_args(self.ffmpeg, self.url, self.settings, copy)
         child = FfmpegChild(self.reactor, lambda fd, line: self._line(run, fd, line))
         clock = RunClock(self.now(), mode=self.clock_mode, tolerance=self.clock_tolerance)
-        run = Run(run_id, directory, clock, child, copy_audio=copy)
+        run = Run(run_id, directory, clock, child, copy, watch_camera=self.watch_camera)
         child.ended.addCallback(lambda reason: self._ended(run, reason))
         try:
             os.makedirs(directory, exist_ok=True)
