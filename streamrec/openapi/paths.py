@@ -137,8 +137,9 @@ def paths(errors: ErrorTable) -> dict[str, Schema]:
                     "enum": list(CLOCKS),
                     "default": "auto",
                     "description": (
-                        "The clock the recording's times follow: `camera` (an RTSP"
-                        " camera's own clock, from its RTCP sender reports), `arrival`"
+                        "The clock the recording's times follow: `camera` (the source's"
+                        " own: an RTSP camera's RTCP sender reports, or a live HLS"
+                        " playlist's EXT-X-PROGRAM-DATE-TIME), `arrival`"
                         " (this box's clock when the video arrives), or `auto` (the"
                         " camera's while it agrees with arrival within --clock-tolerance)"
                     ),

@@ -43,7 +43,9 @@ class Recorders:
     def live_tail(self, stream_id: int) -> tuple[int, str, float] | None:
         """``(run id, path, wall start)`` of the segment being written for the stream here."""
         recorder = self.by_stream.get(stream_id)
-        return recorder.live_tail() if recorder is not None else None
+        run = recorder.run if recorder is not None else None
+        tail = run.tail() if run is not None else None
+        return None if tail is None else (run.run_id, *tail)  # type: ignore[union-attr]
 
     def live_status(self, stream_id: int) -> dict[str, Any]:
         """What the stream's recorder reports, empty when it has none."""

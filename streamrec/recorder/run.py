@@ -13,8 +13,20 @@ from twisted.internet import defer
 from ..media.ffmpeg import FfmpegChild
 from ..media.fmp4 import Mp4Error
 from ..media.prft import camera_anchor, frame_seconds, producer_times
+from .hls import FirstSegment, fetch_program_date_time, is_playlist
 from .layout import segment_name
-from .timeline import Observation, RunClock
+from .timeline import PROGRAM_DATE_TIME, Observation, RunClock
+
+
+def source_clock(url: str) -> str | None:
+    """How a source may carry its own clock: ``rtsp`` (sender reports), ``hls``
+    (a playlist's dates), None (it does not)."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("rtsp", "rtsps"):
+        return "rtsp"
+    if scheme in ("http", "https") and is_playlist(url):
+        return "hls"
+    return None
 
 
 @dataclass
@@ -53,8 +65,11 @@ class Run:
     last_index: int = -1
     # The number of the latest segment on the index (-1: none yet).
     indexed_index: int = -1
-    # The source may send its camera's clock (RTSP): measure it.
-    watch_camera: bool = False
+    # How the source may send its own clock (source_clock): it is measured
+    # even when not followed, to bound arrival time's error.
+    source_clock: str | None = None
+    # An HLS source: the first media segment ffmpeg opens, for its date.
+    hls: FirstSegment | None = None
     # (clock, time error) as last written to the run's row.
     noted: tuple[str, float] | None = None
     segments: int = 0
@@ -78,7 +93,7 @@ class Run:
     def look_at_camera(self, name: str) -> Observation:
         """Feed the camera's clock of a closed segment to the run's clock (a few
         kilobytes read), when the source may send one."""
-        if not self.watch_camera:
+        if self.source_clock != "rtsp":
             return Observation()
         path = os.path.join(self.directory, name)
         try:
@@ -88,6 +103,19 @@ class Run:
         except (Mp4Error, OSError):
             return Observation()  # validation will say what is wrong with it
         return self.clock.observe_camera(camera_anchor(times, self.clock.frame))
+
+    def hls_line(self, line: str) -> defer.Deferred[Observation] | None:
+        """At the first media segment ffmpeg's log says it opened: its date
+        from the playlist, fed to the run's clock (a Deferred)."""
+        first = self.hls.line(line) if self.hls is not None else None
+        if first is None:
+            return None
+
+        async def dated() -> Observation:
+            date = await fetch_program_date_time(*first)
+            return self.clock.observe_camera(date, declared=True, source=PROGRAM_DATE_TIME)
+
+        return defer.ensureDeferred(dated())
 
     def provenance(self) -> tuple[str, float] | None:
         """The run's (clock, time error) when it changed since it was noted."""

@@ -41,11 +41,12 @@ from .command import (
     segmenter_args,
     source_end,
 )
+from .hls import FirstSegment
 from .indexing import Checked, SegmentChecker
 from .journal import JOURNALED, SegmentJournal
 from .layout import SegmentLayout, segment_index
-from .run import Backoff, Run
-from .timeline import CLOCK_TOLERANCE, Observation, RunClock, camera_clock_possible, clock_status
+from .run import Backoff, Run, source_clock
+from .timeline import CLOCK_TOLERANCE, Observation, RunClock, clock_status
 
 log = Logger(namespace="streamrec.recorder")
 
@@ -124,10 +125,9 @@ class Recorder:
         self.backoff = backoff or Backoff(cap=reconnect_max)
         self.launcher = list(launcher)
         self.source_audio = source_audio
-        # Only RTSP cameras send the sender reports that carry their clock; it
-        # is measured even when not followed, to bound arrival time's error.
-        self.watch_camera = camera_clock_possible(url)
-        self.clock_mode = clock if self.watch_camera else "arrival"
+        # RTSP cameras and dated HLS playlists carry their own clock.
+        self.source_clock = source_clock(url)
+        self.clock_mode = clock if self.source_clock else "arrival"
         self.clock_tolerance = clock_tolerance
         self.wanted = False
         self.state = STOPPED
@@ -173,11 +173,6 @@ class Recorder:
             "pid": getattr(self.process, "pid", None),
             **(clock_status(self.run.clock) if self.run is not None else {}),
         }
-
-    def live_tail(self) -> tuple[int, str, float] | None:
-        """``(run id, path, wall start)`` of the segment being written (:meth:`Run.tail`)."""
-        tail = self.run.tail() if self.run is not None else None
-        return None if tail is None else (self.run.run_id, *tail)  # type: ignore[union-attr]
 
     # -- the API ------------------------------------------------------------
     async def start(self, epoch: int = 0) -> None:
@@ -298,7 +293,8 @@ class Recorder:
         args = self.launcher + segmenter_args(self.ffmpeg, self.url, self.settings, copy)
         child = FfmpegChild(self.reactor, lambda fd, line: self._line(run, fd, line))
         clock = RunClock(self.now(), mode=self.clock_mode, tolerance=self.clock_tolerance)
-        run = Run(run_id, directory, clock, child, copy, watch_camera=self.watch_camera)
+        run = Run(run_id, directory, clock, child, copy, source_clock=self.source_clock)
+        run.hls = FirstSegment(self.url) if self.source_clock == "hls" else None
         child.ended.addCallback(lambda reason: self._ended(run, reason))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -373,6 +369,10 @@ class Recorder:
             self._opened(run)
 
     def _log_line(self, run: Run, line: str) -> None:
+        dated = run.hls_line(line)
+        if dated is not None:
+            dated.addCallback(lambda seen: self._observe(run, seen))
+            dated.addErrback(self.log_failure, "cannot read the playlist's dates")
         line = clean(line)  # ffmpeg quotes the URL, password and all
         if run.input_report is not None or line.startswith("Input #0"):
             self._input_line(run, line)

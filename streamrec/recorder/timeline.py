@@ -33,13 +33,15 @@ behind) looks like a forward step and is followed the same way, at the same
 bounded rate.
 
 A camera's own clock: an RTSP camera's sender reports say when it captured
-each frame (:mod:`streamrec.media.prft`), which gives a *camera anchor* with
-no network or buffering delay in it. The run's ``mode`` says which clock to
+each frame (:mod:`streamrec.media.prft`), and an HLS playlist may date its
+segments (:mod:`.hls`), which gives a *camera anchor* with no network or
+buffering delay in it. The run's ``mode`` says which clock to
 follow: ``arrival`` (the anchor above), ``camera`` (the camera anchor once
 known), or ``auto`` (the camera anchor while it agrees with the arrival
 anchor within ``tolerance`` seconds: a camera whose clock is wrong, unset
-or in another time zone falls back to arrival). A camera anchor counts once
-two closed segments in a row give the same one (the first sender reports
+or in another time zone falls back to arrival). A playlist's date counts at
+once; a camera's sender reports count once
+two closed segments in a row give the same anchor (the first sender reports
 may disagree with the rest); the run waits for it for at most
 :data:`CAMERA_WAIT` seconds before its first segment is indexed, so a run
 starts in the clock it keeps. A switch of clock later in the run (the camera
@@ -92,6 +94,12 @@ CAMERA_WAIT = 10.0
 #: camera's clock (sender reports of a drifting camera move it a little).
 CAMERA_STEADY = 0.005
 
+#: Where an RTSP camera's clock comes from.
+SENDER_REPORTS = "RTCP sender reports"
+
+#: Where an HLS source's clock comes from.
+PROGRAM_DATE_TIME = "HLS EXT-X-PROGRAM-DATE-TIME"
+
 #: The default bound on camera minus arrival under ``auto``.
 CLOCK_TOLERANCE = 5.0
 
@@ -137,6 +145,7 @@ class RunClock:
     tolerance: float = CLOCK_TOLERANCE  # camera - arrival under auto, at most
     camera: float | None = None  # the camera's time of media time 0, once steady
     camera_seen: float | None = None  # the latest segment's camera anchor
+    camera_source: str = ""  # where the camera's clock comes from
     paced: bool = False  # media time advances at the wall clock's pace
     frame: float = FRAME  # seconds a video frame lasts
 
@@ -227,13 +236,16 @@ class RunClock:
             return False
         return self.first_media is None or self.media <= self.first_media + REANCHOR_SECONDS
 
-    def observe_camera(self, anchor: float | None) -> Observation:
-        """The camera anchor a closed segment gives (None: it has none)."""
+    def observe_camera(
+        self, anchor: float | None, declared: bool = False, source: str = SENDER_REPORTS
+    ) -> Observation:
+        """The camera anchor a closed segment gives (None: it has none); a
+        ``declared`` one (an HLS playlist's date) counts at once."""
         if anchor is None:
             return Observation()
         previous, self.camera_seen = self.camera_seen, anchor
-        if previous is not None and abs(anchor - previous) <= CAMERA_STEADY:
-            self.camera = anchor
+        if declared or (previous is not None and abs(anchor - previous) <= CAMERA_STEADY):
+            self.camera, self.camera_source = anchor, source
         settled = not self.settled and self.paced and self.camera is not None
         self.settled = self.settled or settled
         return Observation(settled, self._shifts(self.error))
@@ -327,16 +339,11 @@ class RunClock:
         self.last_end = end
 
 
-def camera_clock_possible(url: str) -> bool:
-    """Whether a source may carry its camera's clock: RTSP's sender reports."""
-    return url.split(":", 1)[0].lower() in ("rtsp", "rtsps")
-
-
 def clock_status(clock: RunClock) -> dict[str, Any]:
     """What ``status`` says of a run's clock."""
     offset = clock.offset
     if clock.clock == "camera":
-        why = "the camera's own clock (RTCP sender reports)"
+        why = f"the source's own clock ({clock.camera_source})"
     elif clock.mode == "arrival":
         why = "arrival time, as asked"
     elif offset is not None:

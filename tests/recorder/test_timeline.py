@@ -11,12 +11,14 @@ from streamrec.recorder.timeline import (
     ANCHOR_EPSILON,
     BOUND_WINDOW,
     CAMERA_WAIT,
+    PROGRAM_DATE_TIME,
     REANCHOR_SECONDS,
     SETTLE_LIMIT,
     SLEW_RATE,
     STEP_THRESHOLD,
     Observation,
     RunClock,
+    clock_status,
     follow,
 )
 
@@ -360,3 +362,13 @@ class CameraClockTests(unittest.SynchronousTestCase):
         start, end = clock.place(2.0, 4.0)
         self.assertEqual(start, 1002.0)
         self.assertAlmostEqual(end - start, 2.0 + 2.0 * SLEW_RATE)
+
+    def test_a_playlists_date_counts_at_once(self):
+        clock = RunClock(started_at=999.0, mode="auto")
+        for step in range(8):
+            clock.observe(1002.0 + step * 0.5, step * 0.5)  # HLS arrives 2 s late
+        seen = clock.observe_camera(1000.0, declared=True, source=PROGRAM_DATE_TIME)
+        self.assertTrue(seen.settled)
+        self.assertEqual((clock.clock, clock.camera_source), ("camera", PROGRAM_DATE_TIME))
+        self.assertIn("HLS EXT-X-PROGRAM-DATE-TIME", clock_status(clock)["clock_reason"])
+        self.assertEqual(clock_status(clock)["camera_offset_ms"], -2000)
