@@ -702,26 +702,23 @@ class TranscodeEndToEndTests(ServiceTestCase):
         start = begin + 1.37  # between keyframes
         await service.recorded_until(stream_id, start + 4.5)
         await self.check_transcoded(service, stream_id, start, start + 4, "aac")
+
+        def ask(**option: str) -> Any:
+            return service.call(
+                "GET",
+                f"/streams/{stream_id}/get_clip",
+                start=start,
+                stop=start + 2,
+                encoder="transcode",
+                **option,
+            )
+
         # A bad value: refused up front (400) or a failed job naming the parameter.
-        code, body = await service.call(
-            "GET",
-            f"/streams/{stream_id}/get_clip",
-            start=start,
-            stop=start + 2,
-            encoder="transcode",
-            crf="abc",
-        )
+        code, body = await ask(crf="abc")
         if code == 200:
 
             async def failed() -> Any:
-                job = await service.ok(
-                    "GET",
-                    f"/streams/{stream_id}/get_clip",
-                    start=start,
-                    stop=start + 2,
-                    encoder="transcode",
-                    crf="abc",
-                )
+                _code, job = await ask(crf="abc")
                 return job if job["status"] in ("done", "failed") else None
 
             body = await until(failed, 20, "the bad job to fail")
@@ -730,14 +727,7 @@ class TranscodeEndToEndTests(ServiceTestCase):
         else:
             self.assertEqual(code, 400, body)
         self.assertIn("crf must be an integer", body["error_message"])
-        code, body = await service.call(
-            "GET",
-            f"/streams/{stream_id}/get_clip",
-            start=start,
-            stop=start + 2,
-            encoder="transcode",
-            timestamp="yes",
-        )
+        code, body = await ask(timestamp="yes")
         self.assertEqual(
             (code, body["error_message"]), (400, "timestamp must be 0 or 1, not 'yes'")
         )

@@ -97,7 +97,36 @@ __all__ = [
 # ------------------------------------------------------------- base class
 
 
-class _LiveSource:
+class _Managed:
+    """Start, stop and clean-up plumbing for sources and cameras: subclasses
+    have ``start``, ``stop``, ``log_dir`` and ``_own_log_dir``."""
+
+    # ---- context manager / trial integration
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    @classmethod
+    def running(cls, testcase, *args, **kwargs):
+        """Create, start, and register ``close`` as a cleanup of
+        ``testcase`` (a trial/unittest TestCase)."""
+        src = cls(*args, **kwargs)
+        testcase.addCleanup(src.close)
+        src.start()
+        return src
+
+    def close(self):
+        """stop() and remove the log directory (if we created it)."""
+        self.stop()
+        if self._own_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+class _LiveSource(_Managed):
     """Common start/stop/t0 bookkeeping."""
 
     fps = FPS
@@ -176,30 +205,6 @@ class _LiveSource:
             with open(os.path.join(self.log_dir, name), "rb") as f:
                 out.append("== %s ==\n%s" % (name, f.read()[-4000:].decode("utf-8", "replace")))
         return "\n".join(out)
-
-    # ---- context manager / trial integration
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
-    @classmethod
-    def running(cls, testcase, *args, **kwargs):
-        """Create, start, and register ``stop`` as a cleanup of
-        ``testcase`` (a trial/unittest TestCase)."""
-        src = cls(*args, **kwargs)
-        testcase.addCleanup(src.close)
-        src.start()
-        return src
-
-    def close(self):
-        """stop() and remove the log directory (if we created it)."""
-        self.stop()
-        if self._own_log_dir:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     # ---- Twisted helpers
     def start_deferred(self):
@@ -451,7 +456,7 @@ class RtspServer(_LiveSource):
 # --------------------------------------------------------- painted camera
 
 
-class PaintedCamera:
+class PaintedCamera(_Managed):
     """An RTSP camera whose clock the test knows, behind a proxy that delays it.
 
     ``painted_camera.py`` (GStreamer, system python) paints its frame number
@@ -597,25 +602,3 @@ class PaintedCamera:
     def logs(self):
         """The camera's and the proxy's logs (for failure messages)."""
         return _LiveSource.logs(self)
-
-    def close(self):
-        """stop() and remove the log directory (if we created it)."""
-        self.stop()
-        if self._own_log_dir:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
-    @classmethod
-    def running(cls, testcase, *args, **kwargs):
-        """Create, start, and register ``close`` as a cleanup of ``testcase``."""
-        camera = cls(*args, **kwargs)
-        testcase.addCleanup(camera.close)
-        camera.start()
-        return camera

@@ -39,7 +39,6 @@ once listening. SIGTERM/SIGINT stop it (exit status 0).
 
 import argparse
 import math
-import signal
 import sys
 import threading
 import time
@@ -48,7 +47,8 @@ import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+import rtsp_server  # noqa: E402  (beside this script: its serving loop)
+from gi.repository import Gst, GstRtspServer  # noqa: E402
 
 BITS = 16  # framecode.BITS
 BLOCK_H = 16  # framecode.BLOCK_H for a 240-row picture (REF_HEIGHT)
@@ -223,34 +223,12 @@ def main():
     server.get_mount_points().add_factory(mount, factory)
     server.get_thread_pool().set_max_threads(16)
 
-    loop = GLib.MainLoop()
-    if server.attach(None) == 0:
-        print("ERROR cannot listen on 127.0.0.1:%d" % args.port, flush=True)
-        return 1
-
-    def cleanup_sessions():
-        server.get_session_pool().cleanup()
-        return True
-
-    GLib.timeout_add_seconds(2, cleanup_sessions)
-
-    def quit_(*_):
-        loop.quit()
-        return False
-
-    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, quit_)
-    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, quit_)
-
-    print("T0 %.6f" % t0, flush=True)
-    print("FPS %d" % args.fps, flush=True)
-    print("MOUNT %s" % mount, flush=True)
-    print("READY", flush=True)
-    try:
-        loop.run()
-    finally:
+    def stop_feeders():
         for feeder in feeders:
             feeder.stop()
-    return 0
+
+    announce = ["T0 %.6f" % t0, "FPS %d" % args.fps, "MOUNT %s" % mount]
+    return rtsp_server.serve(server, announce, stop_feeders)
 
 
 if __name__ == "__main__":

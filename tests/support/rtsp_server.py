@@ -196,11 +196,26 @@ def main():
     # serve clients in parallel (DESCRIBE blocks until a key frame arrives)
     server.get_thread_pool().set_max_threads(16)
 
+    def stop_feed():
+        if feed_proc is not None:
+            feed_proc.terminate()
+            try:
+                feed_proc.wait(3)
+            except subprocess.TimeoutExpired:
+                feed_proc.kill()
+                feed_proc.wait()
+
+    return serve(server, ["MOUNTS " + " ".join(served)], stop_feed)
+
+
+def serve(server, announce, on_exit):
+    """Listen, print the ``announce`` lines and ``READY``, and serve until
+    SIGTERM or SIGINT; then ``on_exit()``. The exit status: 1 when the
+    server cannot listen."""
     loop = GLib.MainLoop()
     if server.attach(None) == 0:
-        print("ERROR cannot listen on 127.0.0.1:%d" % args.port, flush=True)
-        if feed_proc:
-            feed_proc.kill()
+        print("ERROR cannot listen on 127.0.0.1:%s" % server.get_service(), flush=True)
+        on_exit()
         return 1
 
     def cleanup_sessions():
@@ -215,19 +230,13 @@ def main():
 
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, quit_)
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, quit_)
-
-    print("MOUNTS " + " ".join(served), flush=True)
+    for line in announce:
+        print(line, flush=True)
     print("READY", flush=True)
     try:
         loop.run()
     finally:
-        if feed_proc is not None:
-            feed_proc.terminate()
-            try:
-                feed_proc.wait(3)
-            except subprocess.TimeoutExpired:
-                feed_proc.kill()
-                feed_proc.wait()
+        on_exit()
     return 0
 
 
