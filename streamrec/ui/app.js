@@ -399,7 +399,12 @@ function showCamera() {
     );
   }
   if (stream.node) parts.push(`node ${stream.node}`);
+  if (stream.clock) {
+    const clock = stream.clock === "camera" ? "camera's clock" : "arrival time";
+    parts.push(`${clock}, ±${stream.time_error_ms} ms`);
+  }
   setText("camera-meta", parts.join(" · "));
+  $("camera-meta").title = stream.clock_reason || "";
   const error = stream.last_error && stream.state !== "recording" ? stream.last_error : "";
   if (!$("camera-error").dataset.action) showError("camera-error", error);
   if (app.mode === "live") liveLabel();

@@ -328,6 +328,8 @@ def add_camera(page: Page, url: str, description: str) -> None:
     page.wait_for_selector("#camera-title:has-text('gate')")
     page.wait_for_selector("#stop:not([hidden]):not([disabled])")
     page.wait_for_selector(".camera-card .state-recording", timeout=30_000)
+    # Which clock its times follow (a UDP source: arrival), and how far off.
+    page.wait_for_selector("#camera-meta:has-text('arrival time, ±')", timeout=30_000)
 
 
 @waiting
