@@ -230,6 +230,7 @@ def bare_segmenters(ports: list[int], work: str, warmup: float, window: float) -
                     stdout=subprocess.DEVNULL,
                     stderr=log,
                     preexec_fn=progress_to_devnull,
+                    close_fds=False,  # else the descriptor set up above is closed again
                 )
             )
             log.close()
