@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 
 from ..errors import log_failure
 from ..evidence import Signer, file_digest
-from ..media.fmp4 import Mp4Error, segment_span
-from ..media.mp4 import SegmentPiece
+from ..media.fmp4 import Mp4Error
+from ..media.mp4 import SegmentPiece, cached_segment
 from ..media.prft import frame_seconds
 from ..plugins import ClipEncoder, EncodeRequest, RunBlocking, StorageBackend
 from ..store import (
@@ -342,14 +342,15 @@ class ClipWorker(Service):
 
     def _tail(self, stream_id: int, run_id: int | None = None) -> Segment | None:
         """The segment this node is writing for the stream, as far as its
-        fragments are on disk (a few kilobytes of tables read): a clip that
-        ends at the live edge is cut from it without waiting for it to close."""
+        fragments are on disk (a few kilobytes of tables, read again only once
+        the file has grown, and then by the clip's plan too): a clip that ends
+        at the live edge is cut from it without waiting for it to close."""
         tail = self.live_tail(stream_id)
         if tail is None or run_id not in (None, tail[0]):
             return None
         tail_run, path, start = tail
         try:
-            first, end = segment_span(path)
+            first, end = cached_segment(path).span()
             size = os.path.getsize(path)
         except (Mp4Error, OSError):
             return None  # no fragment written yet

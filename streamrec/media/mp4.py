@@ -402,8 +402,9 @@ _segments: OrderedDict[tuple[str, int, int, int], Segment] = OrderedDict()
 _segments_lock = threading.Lock()
 
 
-def _segment(path: str) -> Segment:
-    """:func:`read_segment`, or its answer for the same file unchanged since."""
+def cached_segment(path: str) -> Segment:
+    """:func:`read_segment`, or its answer for the same file unchanged since (a
+    file still being written is read again once it has grown)."""
     try:
         info = os.stat(path)
     except OSError as e:
@@ -447,7 +448,7 @@ def plan_clip(
         raise Mp4Error("no segments given")
     if not stop > start:
         raise Mp4Error(f"empty range: start {start} >= stop {stop}")
-    segs = [_segment(p.path) for p in pieces]
+    segs = [cached_segment(p.path) for p in pieces]
     kept = _compatible(segs, until_change)
     if kept < len(segs):
         stop = min(stop, pieces[kept].wall_start)
