@@ -685,11 +685,8 @@ class TranscodeEndToEndTests(ServiceTestCase):
         self.assertNear(len(numbers), (stop - start) * FPS, 1.5, "frames for the range")
         return shown, reference
 
-    @defer.inlineCallbacks
-    def test_udp_h264_aac_and_bad_options(self):
-        yield defer.ensureDeferred(self._udp())
-
-    async def _udp(self) -> None:
+    async def recording_udp(self) -> tuple[Any, int, float]:
+        """A service recording a UDP H.264 + AAC source: it, the stream, its first instant."""
         source = UdpTsSource.running(self, audio="aac")
         service = await self.service()
         stream_id = (await service.ok("POST", "/streams/create", url=source.url))["stream_id"]
@@ -698,7 +695,14 @@ class TranscodeEndToEndTests(ServiceTestCase):
         async def first() -> Any:
             return (await service.status(stream_id))["recorded"]["first"]
 
-        begin = await until(first, 20, "the first segment")
+        return service, stream_id, await until(first, 20, "the first segment")
+
+    @defer.inlineCallbacks
+    def test_udp_h264_aac_and_bad_options(self):
+        yield defer.ensureDeferred(self._udp())
+
+    async def _udp(self) -> None:
+        service, stream_id, begin = await self.recording_udp()
         start = begin + 1.37  # between keyframes
         await service.recorded_until(stream_id, start + 4.5)
         await self.check_transcoded(service, stream_id, start, start + 4, "aac")
@@ -762,15 +766,8 @@ class TranscodeEndToEndTests(ServiceTestCase):
     async def _cancel(self) -> None:
         from streamrec.recorder.recovery import find_encoders
 
-        source = UdpTsSource.running(self, audio="aac")
-        service = await self.service()
-        stream_id = (await service.ok("POST", "/streams/create", url=source.url))["stream_id"]
-        await service.ok("POST", f"/streams/{stream_id}/start")
-
-        async def first() -> Any:
-            return (await service.status(stream_id))["recorded"]["first"]
-
-        start = await until(first, 20, "the first segment") + 0.5
+        service, stream_id, begin = await self.recording_udp()
+        start = begin + 0.5
         await service.recorded_until(stream_id, start + 4.5)
         # Minutes of work on two cores: 4 s of 320x240 made 3840x2160 at "medium".
         params = {"start": start, "stop": start + 4, "encoder": "transcode"}
